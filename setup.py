@@ -1,0 +1,54 @@
+"""Packaging for ignore_attn, driven by settings.ini (nbdev 2 layout).
+
+Runtime: `pip install .`; experiments and report: `pip install ".[experiments]"`;
+development and tests: `pip install -e ".[dev]"` (includes the experiments extra).
+"""
+from configparser import ConfigParser
+from pathlib import Path
+
+import setuptools
+
+cfg = ConfigParser(delimiters=["="])
+cfg.read(Path(__file__).parent / "settings.ini")
+cfg = cfg["DEFAULT"]
+
+
+def reqs(key):
+    return cfg.get(key, "").split()
+
+
+licenses = {"apache2": ("Apache Software License 2.0", "OSI Approved :: Apache Software License")}
+lic = licenses[cfg["license"]]
+experiments = reqs("experiments_requirements")
+
+setuptools.setup(
+    name=cfg["repo"],
+    version=cfg["version"],
+    description=cfg["description"],
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    author=cfg["author"],
+    author_email=cfg["author_email"],
+    license=lic[0],
+    url=cfg["git_url"],
+    keywords=cfg["keywords"],
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "License :: " + lic[1],
+        "Natural Language :: English",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+    packages=setuptools.find_packages(include=[cfg["lib_name"], cfg["lib_name"] + ".*"]),
+    include_package_data=True,
+    package_data={cfg["lib_name"]: ["data/*"]},
+    python_requires=">=" + cfg["min_python"],
+    install_requires=reqs("requirements"),
+    extras_require={"experiments": experiments, "dev": experiments + reqs("dev_requirements")},
+    entry_points={
+        "console_scripts": cfg["console_scripts"].split(),
+        "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],
+    },
+    zip_safe=False,
+)
