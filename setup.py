@@ -17,8 +17,7 @@ def reqs(key):
     return cfg.get(key, "").split()
 
 
-licenses = {"apache2": ("Apache Software License 2.0", "OSI Approved :: Apache Software License")}
-lic = licenses[cfg["license"]]
+licenses = {"apache2": "Apache-2.0"}  # SPDX identifiers
 experiments = reqs("experiments_requirements")
 
 setuptools.setup(
@@ -29,13 +28,12 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     author=cfg["author"],
     author_email=cfg["author_email"],
-    license=lic[0],
+    license=licenses[cfg["license"]],
     url=cfg["git_url"],
     keywords=cfg["keywords"],
     classifiers=[
         "Development Status :: 3 - Alpha",
         "Intended Audience :: Science/Research",
-        "License :: " + lic[1],
         "Natural Language :: English",
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
