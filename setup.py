@@ -1,7 +1,8 @@
 """Packaging for ignore_attn, driven by settings.ini (nbdev 2 layout).
 
 Runtime: `pip install .`; experiments and report: `pip install ".[experiments]"`;
-development and tests: `pip install -e ".[dev]"` (includes the experiments extra).
+NTU RGB+D videos: `pip install ".[ntu]"`; development and tests: `pip install -e ".[dev]"`
+(includes the experiments extra and the video decoder).
 """
 from configparser import ConfigParser
 from pathlib import Path
@@ -43,7 +44,8 @@ setuptools.setup(
     package_data={cfg["lib_name"]: ["data/*"]},
     python_requires=">=" + cfg["min_python"],
     install_requires=reqs("requirements"),
-    extras_require={"experiments": experiments, "dev": experiments + reqs("dev_requirements")},
+    extras_require={"experiments": experiments, "ntu": reqs("ntu_requirements"),
+                    "dev": experiments + reqs("dev_requirements")},
     entry_points={
         "console_scripts": cfg["console_scripts"].split(),
         "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],
