@@ -41,7 +41,7 @@ setuptools.setup(
     ],
     packages=setuptools.find_packages(include=[cfg["lib_name"], cfg["lib_name"] + ".*"]),
     include_package_data=True,
-    package_data={cfg["lib_name"]: ["data/*"]},
+    package_data={cfg["lib_name"]: ["assets/*"]},
     python_requires=">=" + cfg["min_python"],
     install_requires=reqs("requirements"),
     extras_require={"experiments": experiments, "ntu": reqs("ntu_requirements"),

@@ -328,7 +328,7 @@ def parse_sample_name(name: str | os.PathLike | SampleName) -> SampleName:
 # %% ../nbs/09_ntu.ipynb #f4d9bb83
 def _read_excluded() -> frozenset[str]:
     "The shipped list of NTU RGB+D 60 samples with missing or incomplete skeletons."
-    text = (importlib.resources.files("ignore_attn") / "data" / "ntu_samples_with_missing_skeletons.txt").read_text()
+    text = (importlib.resources.files("ignore_attn") / "assets" / "ntu_samples_with_missing_skeletons.txt").read_text()
     return frozenset(str(parse_sample_name(n)) for n in text.split())
 
 EXCLUDED = _read_excluded()
