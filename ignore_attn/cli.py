@@ -19,7 +19,7 @@ from .train import (PRESETS, SCHEDULE_NAMES, AMP_MODES, L2_MODES, CorruptCheckpo
 
 # %% auto #0
 __all__ = ['DATASETS', 'TRAIN_EPILOG', 'COMMANDS', 'add_train_parser', 'default_out', 'config_from_args', 'check_train_config',
-           'run_train', 'build_parser', 'main']
+           'run_train', 'add_sweep_parser', 'add_report_parser', 'add_reproduce_parser', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #7a50315d
 DATASETS = tuple(getattr(_data, "DATASETS", ("cluttered-digits", "cifar10", "cifar100", "imagefolder", "imagenet")))
@@ -66,7 +66,8 @@ def _milestones(text: str) -> list[int]:
 _DATA_HELP = {
     "dataset": f"data set: {', '.join(DATASETS)}; cluttered-digits is built in and needs no files",
     "data_dir": "folder of the data: CIFAR's torchvision files (cifar-10-batches-py/...), or class folders "
-                "train/<class>/*, test/<class>/* (imagefolder; ImageNet also val/<class>/*)",
+                "train/<class>/*, test/<class>/* (imagefolder; ImageNet also val/<class>/*); ntu: the NTU root holding "
+                "nturgb+d_skeletons/ and nturgb+d_rgb/",
     "split": "'paper': seeded stratified train/val split; 'authors': first/last images of the training set",
     "val_size": "validation images held out of the training set", "split_seed": "seed of the train/val split",
     "normalize": "'channel': per-channel mean/std; 'pixel': subtract the per-pixel mean image (the authors' code)",
@@ -76,6 +77,11 @@ _DATA_HELP = {
     "download": "fetch CIFAR-10/100 if absent (needs the internet)",
     "resident": "keep the whole uint8 data set on the device and augment there: auto, or the data module's choices",
     "workers": "DataLoader worker processes (non-resident path)",
+    "ntu_protocol": "NTU RGB+D: 'xsub' (cross-subject, the paper's) or 'xview' (cross-view) train/test split",
+    "ntu_val_fraction": "NTU: share of the training samples held out (seeded) for validation",
+    "frames_rgb": "NTU: video frames per clip (MMTM: 8)",
+    "frames_skel": "NTU: skeleton frames per sample (MMTM's HCN: 32; at least 16)",
+    "video_dir": "NTU: folder of the <name>_rgb.avi videos (or frame folders) when not under --data",
     "n_train": "Cluttered Digits: training images", "n_val": "Cluttered Digits: validation images",
     "n_test": "Cluttered Digits: test images",
     "limit_train": "use a seeded stratified subset of this many training images (quick runs)",
@@ -103,9 +109,13 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
                                    "checkpoint tested on the test set) and write a resumable run folder.",
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to train")
-    g.add_argument("--arch", default=None, help=f"model: {', '.join(list_models())} (default: resnet50-cifar)")
+    g.add_argument("--arch", default=None, help=f"model: {', '.join(list_models('all'))} (default: resnet50-cifar)")
     g.add_argument("--attention", default=None, help=f"attention spec (default: standard = none); {SPEC_HELP}")
     g.add_argument("--seed", type=int, default=None, help="seed of the weights and the data order (default: 0)")
+    g.add_argument("--rgb-weights", metavar="FILE", help="NTU models: checkpoint (state dict) the RGB stream starts from, "
+                   "e.g. ImageNet or Kinetics ResNet-50 weights (default: train it from scratch)")
+    g.add_argument("--skeleton-weights", metavar="FILE", help="NTU models: checkpoint the skeleton stream (HCN) starts from "
+                   "(default: train it from scratch)")
     g = p.add_argument_group("data")
     for f in fields(DataConfig): _add_field(g, f, _DATA_HELP.get(f.name, f"data option {f.name}"))
     g = p.add_argument_group("schedule and optimiser (unset numbers come from the --schedule preset)")
@@ -113,7 +123,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
                         + (f", /{1 / v['gamma']:g} at {','.join(map(str, v['milestones']))}" if v["milestones"] else "")
                         for k, v in PRESETS.items())
     g.add_argument("--schedule", default=None, choices=SCHEDULE_NAMES,
-                   help=f"preset (default: auto = paper-imagenet for imagenet, else paper-cifar). {presets}")
+                   help=f"preset (default: auto = paper-imagenet for imagenet, paper-ntu for ntu, else paper-cifar). {presets}")
     g.add_argument("--epochs", type=int, help="number of epochs")
     g.add_argument("--lr", type=float, help="initial learning rate")
     g.add_argument("--decay", choices=("step", "cosine"), help="learning-rate decay: step (milestones) or cosine")
@@ -211,7 +221,48 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 # %% ../nbs/10_cli.ipynb #0ecc8e08
-COMMANDS = {"train": add_train_parser}  # later: "sweep", "report", "reproduce"
+def _guarded(run):
+    "Wrap a command so that bad input (ValueError, FileNotFoundError) exits with status 2 and a one-line message."
+    def wrapped(args, parser, extra=()):
+        try: return run(args, list(extra))
+        except (ValueError, FileNotFoundError) as e: _fail(parser, str(e))
+    return wrapped
+
+def add_sweep_parser(sub) -> argparse.ArgumentParser:
+    "The `sweep` subcommand: run a named or YAML sweep of experiment notebooks (ignore_attn.experiments)."
+    from ignore_attn.experiments import add_sweep_arguments, sweep_main
+    p = sub.add_parser("sweep", allow_abbrev=False, help="run a sweep of experiment notebooks (the paper's tables)",
+                       description="Run what is not done of a sweep: each run is nbs/experiments/train.ipynb executed by "
+                                   "papermill into its run folder. Interrupt and start again at any time.",
+                       epilog="any other --key value is a sweep override, e.g. --epochs 30 --seeds 0,1",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sweep_arguments(p)
+    p.set_defaults(run=_guarded(sweep_main), command_parser=p, accepts_extra=True)
+    return p
+
+def add_report_parser(sub) -> argparse.ArgumentParser:
+    "The `report` subcommand: build the static report site of a runs folder (ignore_attn.report)."
+    from ignore_attn.report import add_report_arguments, report_main
+    p = sub.add_parser("report", help="build the report site: the paper's tables reproduced, figures, every run",
+                       description="Build a static report site from a folder of runs.")
+    add_report_arguments(p)
+    p.set_defaults(run=lambda args, parser: report_main(args), command_parser=p)
+    return p
+
+def add_reproduce_parser(sub) -> argparse.ArgumentParser:
+    "The `reproduce` subcommand: a sweep, then its report."
+    from ignore_attn.experiments import add_reproduce_arguments, reproduce_main
+    p = sub.add_parser("reproduce", allow_abbrev=False, help="run the sweep(s) of a table and build the report (--quick: on a CPU, no data)",
+                       description="Run the paper's experiments and build the report in one go.",
+                       epilog="examples:\n  ignore-attn reproduce --quick\n  ignore-attn reproduce table1 table2 --data ~/data/cifar --gpus 0,1\n"
+                              "any other --key value is a sweep override, e.g. --epochs 30 --seeds 0",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_reproduce_arguments(p)
+    p.set_defaults(run=_guarded(reproduce_main), command_parser=p, accepts_extra=True)
+    return p
+
+COMMANDS = {"train": add_train_parser, "sweep": add_sweep_parser, "report": add_report_parser,
+            "reproduce": add_reproduce_parser}
 
 def build_parser() -> argparse.ArgumentParser:
     "The `ignore-attn` parser with one subparser per entry of COMMANDS."
@@ -226,10 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `ignore-attn` program; returns the exit status."
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help(); return 2
-    return args.run(args, args.command_parser)
+    if not getattr(args, "accepts_extra", False):
+        if extra: args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args.run(args, args.command_parser)
+    return args.run(args, args.command_parser, extra)  # sweep overrides such as --epochs 30
 
 # %% ../nbs/10_cli.ipynb #730bef20
 if __name__ == "__main__" and "IPython" not in sys.modules:  # `python -m ignore_attn.cli`, `torchrun -m ignore_attn.cli`

@@ -21,15 +21,16 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['DATASETS', 'SPLITS', 'NORMALIZATIONS', 'AUGMENTATIONS', 'PAD_MODES', 'RESIDENCY', 'MAX_SHIFT', 'RESIDENT_MAX_BYTES',
-           'NATIVE_SIZE', 'CLUTTER_POOLS', 'CLUTTER_VERSION', 'CIFAR_FILES', 'IMAGE_EXTENSIONS', 'SPLIT_VERSION',
+           'NATIVE_SIZE', 'NTU_PROTOCOLS', 'CLUTTER_POOLS', 'CLUTTER_VERSION', 'CIFAR_FILES', 'IMAGE_EXTENSIONS',
+           'SPLIT_VERSION', 'NTU_SKELETON_DIRS', 'NTU_VIDEO_DIRS', 'NTU_RESIZE_RATIO', 'NTU60_SETUPS', 'NTU60_ACTIONS',
            'DataConfig', 'seeded_generator', 'stratified_order', 'make_split', 'stratified_subset', 'norm_stats',
            'normalize', 'shift_images', 'flip_images', 'epoch_plan', 'cluttered_digits', 'cifar_folder', 'read_cifar',
            'write_cifar', 'folder_layout_help', 'list_image_folder', 'read_image_folder', 'cache_dir', 'load_image',
            'fit_image', 'decode_images', 'Loader', 'ResidentLoader', 'random_resized_box', 'ImageItems', 'WorkerLoader',
-           'Data', 'build_data']
+           'Data', 'build_data', 'ntu_layout_help', 'ntu_folders', 'NTULoader', 'build_ntu_data']
 
 # %% ../nbs/04_data.ipynb #eb53fa4e
-DATASETS = ("cluttered-digits", "cifar10", "cifar100", "imagefolder", "imagenet")
+DATASETS = ("cluttered-digits", "cifar10", "cifar100", "imagefolder", "imagenet", "ntu")
 SPLITS = ("paper", "authors")
 NORMALIZATIONS = ("channel", "pixel")
 AUGMENTATIONS = ("shift-flip", "shift", "none", "rrc")
@@ -37,7 +38,8 @@ PAD_MODES = ("zeros", "edge")
 RESIDENCY = ("auto", "yes", "no")
 MAX_SHIFT = 4                       # pixels; the authors' 12.5 % of 32
 RESIDENT_MAX_BYTES = 4 * 2**30      # 'auto' keeps a dataset on the device when its uint8 tensor fits in this
-NATIVE_SIZE = {"cluttered-digits": 32, "cifar10": 32, "cifar100": 32, "imagenet": 224}
+NATIVE_SIZE = {"cluttered-digits": 32, "cifar10": 32, "cifar100": 32, "imagenet": 224, "ntu": 224}
+NTU_PROTOCOLS = ("xsub", "xview")
 
 def _choice(name: str, value, options: tuple) -> None:
     "Raise ValueError unless `value` is one of `options`."
@@ -55,8 +57,8 @@ def _integer(name: str, value, low: int, allow_none: bool = False) -> None:
 @dataclass
 class DataConfig:
     "Which images, how they are split, normalised, augmented and served (see the module docs for each option)."
-    dataset: str = "cluttered-digits"  # 'cluttered-digits' | 'cifar10' | 'cifar100' | 'imagefolder' | 'imagenet'
-    data_dir: str | None = None        # required except for cluttered-digits
+    dataset: str = "cluttered-digits"  # 'cluttered-digits' | 'cifar10' | 'cifar100' | 'imagefolder' | 'imagenet' | 'ntu'
+    data_dir: str | None = None        # required except for cluttered-digits (ntu: the NTU RGB+D root, see ntu_layout_help)
     split: str = "paper"               # 'paper': seeded stratified train/val | 'authors': first N-val / last val
     val_size: int = 10000              # validation images taken from the training set (cluttered digits: n_val)
     split_seed: int = 0                # seeds the split (and the Cluttered Digits images)
@@ -74,6 +76,11 @@ class DataConfig:
     resident: str = "auto"             # keep the uint8 dataset on the device: 'auto' | 'yes' | 'no'
     workers: int = 2                   # DataLoader workers for the non-resident path
     drop_last: bool = True             # the train loader drops its last incomplete batch
+    ntu_protocol: str = "xsub"         # NTU RGB+D: 'xsub' (cross-subject) | 'xview' (cross-view) train/test split
+    ntu_val_fraction: float = 0.05     # NTU: share of the training samples held out (seeded) for validation
+    frames_rgb: int = 8                # NTU: video frames sampled per clip (MMTM: 8)
+    frames_skel: int = 32              # NTU: skeleton frames per sample (MMTM's HCN: 32; at least 16)
+    video_dir: str | None = None       # NTU: folder of the videos or frame folders when not inside data_dir
 
     def check(self) -> DataConfig:
         "Raise a ValueError/TypeError naming the first bad option and what it may be; return self."
@@ -83,10 +90,16 @@ class DataConfig:
         _choice("augment", self.augment, AUGMENTATIONS)
         _choice("pad_mode", self.pad_mode, PAD_MODES)
         _choice("resident", self.resident, RESIDENCY)
+        _choice("ntu_protocol", self.ntu_protocol, NTU_PROTOCOLS)
         for name, low in [("val_size", 0), ("split_seed", 0), ("n_train", 1), ("n_val", 1), ("n_test", 1), ("workers", 0)]:
             _integer(name, getattr(self, name), low)
         for name in ("limit_train", "limit_val", "limit_test"): _integer(name, getattr(self, name), 1, allow_none=True)
         _integer("image_size", self.image_size, 8, allow_none=True)
+        _integer("frames_rgb", self.frames_rgb, 1)
+        _integer("frames_skel", self.frames_skel, 16)   # the skeleton stream (HCN) pools time four times by 2
+        if isinstance(self.ntu_val_fraction, bool) or not isinstance(self.ntu_val_fraction, (int, float)) \
+                or not 0 < self.ntu_val_fraction < 1:
+            raise ValueError(f"ntu_val_fraction={self.ntu_val_fraction!r} must be a number in (0, 1), e.g. 0.05")
         for name in ("download", "drop_last"):
             if not isinstance(getattr(self, name), bool): raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.dataset != "cluttered-digits" and not self.data_dir:
@@ -97,6 +110,15 @@ class DataConfig:
         if self.augment == "rrc" and self.resident == "yes":
             raise ValueError("augment='rrc' crops each image in DataLoader workers; use resident='no' (or 'auto'), "
                              "or augment='shift-flip' for device-resident data")
+        if self.dataset == "ntu":
+            if self.augment == "rrc":
+                raise ValueError("augment='rrc' is for images; NTU clips take 'shift-flip' (a random crop and mirror "
+                                 "per clip), 'shift' (random crop only) or 'none' (centre crop)")
+            if self.resident == "yes":
+                raise ValueError("NTU clips are decoded by DataLoader workers and never kept on the device; "
+                                 "use resident='auto' or 'no'")
+        elif self.video_dir is not None:
+            raise ValueError(f"video_dir is for dataset 'ntu' only; drop it for {self.dataset!r}")
         return self
 
 # %% ../nbs/04_data.ipynb #f1bc9b45
@@ -705,6 +727,7 @@ def build_data(cfg: DataConfig, batch_size: int, device="cpu", seed: int = 0, sp
     if not isinstance(cfg, DataConfig): raise TypeError(f"cfg must be a DataConfig, got {type(cfg).__name__}")
     cfg.check(); _check_run_args(batch_size, seed, rank, world_size, eval_batch_size)
     device = torch.device(device)
+    if cfg.dataset == "ntu": return build_ntu_data(cfg, batch_size, device, seed, split, rank, world_size, eval_batch_size)
     if cfg.dataset == "cluttered-digits":
         size = cfg.image_size or NATIVE_SIZE[cfg.dataset]
         parts, record = _cluttered_parts(cfg, size, split)
@@ -747,3 +770,132 @@ def _decode_parts(parts: dict, size: int, roots: tuple[Path, Path]) -> dict:
     out = {k: (pool[[where[f] for f in parts[k][0]]], parts[k][1]) for k in ("train", "val")}
     out["test"] = (decode_images(parts["test"][0], size, (roots[1],), desc=f"decoding {roots[1]}"), parts["test"][1])
     return out
+
+# %% ../nbs/04_data.ipynb #66af8a81
+NTU_SKELETON_DIRS = ("nturgb+d_skeletons", "skeletons")
+NTU_VIDEO_DIRS = ("nturgb+d_rgb", "videos", "frames")
+NTU_RESIZE_RATIO = 0.875     # frames are resized to size / 0.875 (256 for 224) before the crop, as for ImageNet
+NTU60_SETUPS, NTU60_ACTIONS = 17, 60
+
+def ntu_layout_help(root: str | Path) -> str:
+    "How to lay out NTU RGB+D under `root` (for error messages)."
+    return (f"place the skeleton files as {root}/nturgb+d_skeletons/<name>.skeleton (the official skeleton archive unpacks "
+            f"to that folder) and the videos as {root}/nturgb+d_rgb/<name>_rgb.avi, or one folder of extracted frames per "
+            f"sample ({root}/nturgb+d_rgb/<name>/0001.jpg, ...); the folder names skeletons/ and videos/ work too, and "
+            "video_dir (--video-dir) points to videos kept elsewhere")
+
+def ntu_folders(data_dir: str | Path, video_dir: str | Path | None = None) -> tuple[Path, Path]:
+    "The skeleton folder and the video folder of an NTU RGB+D tree (see `ntu_layout_help`)."
+    root = Path(data_dir).expanduser()
+    if not root.is_dir(): raise FileNotFoundError(f"NTU data_dir {root} does not exist; {ntu_layout_help(root)}")
+    present = sorted(p.name for p in root.iterdir())[:8]
+    skeletons = next((root / d for d in NTU_SKELETON_DIRS if (root / d).is_dir()), None)
+    if skeletons is None:
+        raise FileNotFoundError(f"{root} has no skeleton folder {' or '.join(d + '/' for d in NTU_SKELETON_DIRS)} "
+                                f"(it holds {present}); {ntu_layout_help(root)}")
+    if video_dir is not None:
+        videos = Path(video_dir).expanduser()
+        if not videos.is_dir():
+            raise FileNotFoundError(f"video_dir {videos} does not exist; pass the folder holding the <name>_rgb.avi "
+                                    "videos (or one frame folder per sample)")
+        return skeletons, videos
+    videos = next((root / d for d in NTU_VIDEO_DIRS if (root / d).is_dir()), None)
+    if videos is None:
+        raise FileNotFoundError(f"{root} has no video folder {' or '.join(d + '/' for d in NTU_VIDEO_DIRS)} "
+                                f"(it holds {present}); {ntu_layout_help(root)}")
+    return skeletons, videos
+
+# %% ../nbs/04_data.ipynb #9f4a695a
+def _ntu_subset(names: list[str], limit: int | None, seed: int, stream: int) -> list[str]:
+    "At most `limit` of `names`, a seeded class-stratified subset in the original order (all when limit is None)."
+    from ignore_attn.ntu import parse_sample_name
+    labels = np.array([parse_sample_name(n).label for n in names], dtype=np.int64)
+    return [names[i] for i in stratified_subset(np.arange(len(names)), labels, limit, seed, stream)]
+
+def _ntu_split(cfg: DataConfig, skeletons: Path, videos: Path, split: dict | None) -> dict:
+    "Make (or check and return) the NTU split: protocol train/test by name, a seeded validation holdout, optional limits."
+    from ignore_attn import ntu
+    record = {"version": SPLIT_VERSION, "dataset": "ntu", "kind": "holdout", "protocol": cfg.ntu_protocol,
+              "seed": cfg.split_seed, "val_fraction": cfg.ntu_val_fraction,
+              "limits": [cfg.limit_train, cfg.limit_val, cfg.limit_test]}
+    if split is not None:
+        _check_saved(split, {k: v for k, v in record.items() if k != "version"})
+        names = [n for k in ("train", "val", "test") for n in split.get(k, [])]
+        gone = [n for n in names if not (skeletons / f"{n}.skeleton").is_file() or ntu.find_video(videos, n) is None]
+        if gone: raise FileNotFoundError(
+            f"{len(gone)} samples of the saved split are no longer in {skeletons} and {videos} (e.g. {', '.join(gone[:3])}); "
+            "put them back, or start a new run (a new --out) to split the samples there now")
+        return split
+    found = ntu.find_samples(skeletons)
+    if not found: raise FileNotFoundError(f"{skeletons} holds no .skeleton files named like S001C001P001R001A001.skeleton; "
+                                          f"{ntu_layout_help(skeletons.parent)}")
+    names = [n for n in found if (s := ntu.parse_sample_name(n)).setup <= NTU60_SETUPS and s.action <= NTU60_ACTIONS]
+    if len(names) < len(found):
+        warnings.warn(f"{len(found) - len(names)} samples in {skeletons} are not NTU RGB+D 60 (setups S001-S017, actions "
+                      "A001-A060; NTU RGB+D 120 adds the others) and are left out")
+    parts = ntu.split_samples(names, cfg.ntu_protocol, available=ntu.find_samples(videos), warn=False)
+    report = parts.report
+    if report.excluded or report.missing: warnings.warn(f"NTU RGB+D {report}; those samples are left out")
+    if len(parts.train) < 2 or not parts.test:
+        raise ValueError(f"NTU RGB+D {report}: protocol {cfg.ntu_protocol!r} needs at least 2 training samples (one is held "
+                         f"out for validation) and 1 test sample; add samples of "
+                         f"{'the other subjects' if cfg.ntu_protocol == 'xsub' else 'the other cameras'} or use the "
+                         f"other protocol")
+    train, val = ntu.holdout(parts.train, cfg.ntu_val_fraction, cfg.split_seed)
+    return record | {"train": _ntu_subset(train, cfg.limit_train, cfg.split_seed, 2),
+                     "val": _ntu_subset(val, cfg.limit_val, cfg.split_seed, 3),
+                     "test": _ntu_subset(parts.test, cfg.limit_test, cfg.split_seed, 4),
+                     "report": {"requested": report.requested, "train": report.train, "test": report.test,
+                                "excluded": len(report.excluded), "missing": len(report.missing),
+                                "not_ntu60": len(found) - len(names)}}
+
+# %% ../nbs/04_data.ipynb #99c464b4
+class _SeededClips(torch.utils.data.Dataset):
+    "Items `(index, seed)` of an NTUDataset: each clip's random crop and mirror are drawn from its own seed."
+    def __init__(self, dataset): self.dataset = dataset
+    def __len__(self) -> int: return len(self.dataset)
+    def __getitem__(self, item):
+        i, seed = item
+        with torch.random.fork_rng(devices=[]):           # the CPU generator only; put back afterwards
+            torch.random.default_generator.manual_seed(int(seed))
+            return self.dataset[int(i)]
+
+class NTULoader(_PlannedLoader):
+    "Batches `((rgb, skeleton), y)` of an `ntu.NTUDataset`, decoded by DataLoader workers, on the device."
+    def __init__(self, dataset, batch_size: int, device, workers: int = 2, **kw):
+        mean, std = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1) for v in (dataset.mean, dataset.std))
+        super().__init__(len(dataset), batch_size, mean, std, device, augment="none", pad_mode="zeros", **kw)
+        self.dataset, self._current = dataset, None
+        self._loader = torch.utils.data.DataLoader(_SeededClips(dataset), batch_sampler=_PlanSampler(self), num_workers=workers,
+                                                   pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
+
+    def __iter__(self) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]]:
+        self._current = self._plan()
+        for (rgb, skeleton), y in self._loader:
+            yield ((rgb.to(self.device, non_blocking=True), skeleton.to(self.device, non_blocking=True)),
+                   y.to(self.device, non_blocking=True))
+
+def build_ntu_data(cfg: DataConfig, batch_size: int, device="cpu", seed: int = 0, split: dict | None = None,
+                   rank: int = 0, world_size: int = 1, eval_batch_size: int | None = None) -> Data:
+    "Train/val/test loaders of NTU RGB+D `((rgb, skeleton), y)` batches: protocol split, seeded validation holdout."
+    from ignore_attn import ntu   # here, not at the top: it imports the models and torchvision
+    if not isinstance(cfg, DataConfig) or cfg.dataset != "ntu":
+        raise ValueError(f"build_ntu_data needs DataConfig(dataset='ntu', ...), got {cfg!r:.80}")
+    cfg.check(); _check_run_args(batch_size, seed, rank, world_size, eval_batch_size)
+    skeletons, videos = ntu_folders(cfg.data_dir, cfg.video_dir)
+    record = _ntu_split(cfg, skeletons, videos, split)
+    size = cfg.image_size or NATIVE_SIZE["ntu"]
+    common = dict(frames_rgb=cfg.frames_rgb, frames_skel=cfg.frames_skel, size=size, resize=round(size / NTU_RESIZE_RATIO),
+                  cache_dir=cache_dir() / "ntu-skeletons", num_classes=NTU60_ACTIONS)
+    sizes = {"train": batch_size, "val": eval_batch_size or batch_size, "test": eval_batch_size or batch_size}
+    loaders = {}
+    for part in ("train", "val", "test"):
+        train = part == "train"
+        clips = ntu.NTUDataset(skeletons, videos, record[part], train=train and cfg.augment != "none",
+                               flip=cfg.augment == "shift-flip", **common)
+        loaders[part] = NTULoader(clips, sizes[part], torch.device(device), workers=cfg.workers, train=train, seed=seed,
+                                  rank=rank, world_size=world_size, drop_last=cfg.drop_last)
+    classes = [f"A{a:03d}" for a in range(1, NTU60_ACTIONS + 1)]
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1) for v in (ntu.IMAGENET_MEAN, ntu.IMAGENET_STD))
+    return Data(loaders["train"], loaders["val"], loaders["test"], NTU60_ACTIONS, classes, size, record,
+                {"kind": "imagenet", "mean": mean, "std": std}, resident=False)

@@ -14,11 +14,11 @@ from .flip import Spec, parse_spec
 from .attention import AttentionBlock, count_attention, make_attention
 
 # %% auto #0
-__all__ = ['CIFAR_RESNET_L2', 'CIFAR_DENSENET_L2', 'IMAGENET_L2', 'BN_EPS_DENSENET', 'single_stream_spec',
-           'modules_outside_attention', 'L2Recipe', 'authors_l2', 'Stage', 'CifarBasicBlock', 'ResNetCifar',
-           'resnet_cifar', 'DenseLayer', 'DenseNetCifar', 'densenet_cifar', 'Bottleneck', 'ResNetImageNet', 'resnet50',
-           'AttentiveBasicBlock', 'AttentiveBottleneck', 'add_attention', 'list_models', 'get_model',
-           'architecture_table', 'count_macs']
+__all__ = ['CIFAR_RESNET_L2', 'CIFAR_DENSENET_L2', 'IMAGENET_L2', 'BN_EPS_DENSENET', 'NTU_MODELS', 'MODEL_KINDS',
+           'single_stream_spec', 'modules_outside_attention', 'L2Recipe', 'authors_l2', 'Stage', 'CifarBasicBlock',
+           'ResNetCifar', 'resnet_cifar', 'DenseLayer', 'DenseNetCifar', 'densenet_cifar', 'Bottleneck',
+           'ResNetImageNet', 'resnet50', 'AttentiveBasicBlock', 'AttentiveBottleneck', 'add_attention', 'list_models',
+           'is_ntu_model', 'get_model', 'architecture_table', 'count_macs']
 
 # %% ../nbs/03_models.ipynb #802ab79f
 def single_stream_spec(attention: str | Spec, where: str) -> Spec:
@@ -27,7 +27,8 @@ def single_stream_spec(attention: str | Spec, where: str) -> Spec:
     if spec.kind == "mmtm":
         suggestion = Spec("se", spec.flip, spec.alpha)
         raise ValueError(f"{where} is a single-stream backbone, but {str(spec)!r} is MMTM, which fuses two streams; "
-                         f"use an se or cbam spec here (e.g. {str(suggestion)!r}) and the two-stream model for MMTM")
+                         f"use an se or cbam spec here (e.g. {str(suggestion)!r}) and the two-stream model "
+                         "'mmtm-fusion' (NTU RGB+D) for MMTM")
     return spec
 
 # %% ../nbs/03_models.ipynb #e46134e6
@@ -358,21 +359,34 @@ _RESNET_CIFAR_RE = re.compile(r"resnet(\d+)-cifar")
 _DENSENET_CIFAR_RE = re.compile(r"densenet(\d+)-cifar")
 _LISTED = ("resnet20-cifar", "resnet32-cifar", "resnet44-cifar", "resnet50-cifar", "resnet56-cifar",
            "resnet110-cifar", "densenet40-cifar", "resnet50")
+NTU_MODELS = ("mmtm-fusion", "mmtm-fusion-tiny")   # two-stream (rgb, skeleton) models of ignore_attn.ntu
+MODEL_KINDS = ("image", "ntu", "all")
 
-def list_models() -> list[str]:
-    "Names `get_model` knows (any resnet<6n+2>-cifar and densenet<3L+4>-cifar depth works too)."
-    return list(_LISTED)
+def list_models(kind: str = "image") -> list[str]:
+    "Names `get_model` knows: 'image' models (any resnet<6n+2>-cifar / densenet<3L+4>-cifar depth works too), 'ntu' or 'all'."
+    if kind not in MODEL_KINDS: raise ValueError(f"kind={kind!r} is not valid; choose one of {', '.join(map(repr, MODEL_KINDS))}")
+    return list({"image": _LISTED, "ntu": NTU_MODELS, "all": _LISTED + NTU_MODELS}[kind])
+
+def is_ntu_model(name: str) -> bool:
+    "True when `name` is one of the two-stream NTU RGB+D models (their batches are (rgb, skeleton) pairs)."
+    return isinstance(name, str) and name.strip().lower() in NTU_MODELS
 
 def get_model(name: str, num_classes: int = 10, attention: str | Spec = "standard", **kwargs) -> nn.Module:
-    "Build backbone `name` (see `list_models`) with `num_classes` outputs and `attention` in the authors' places."
+    "Build model `name` (see `list_models`) with `num_classes` outputs and `attention` in the authors' places."
+    known = ", ".join(_LISTED + NTU_MODELS)
     if not isinstance(name, str):
-        raise TypeError(f"model name must be a string, got {type(name).__name__}; known models: {', '.join(_LISTED)}")
+        raise TypeError(f"model name must be a string, got {type(name).__name__}; known models: {known}")
     key = name.strip().lower()
     if m := _RESNET_CIFAR_RE.fullmatch(key): return resnet_cifar(int(m[1]), num_classes, attention, **kwargs)
     if m := _DENSENET_CIFAR_RE.fullmatch(key):
         return densenet_cifar(int(m[1]), num_classes=num_classes, attention=attention, **kwargs)
     if key == "resnet50": return resnet50(num_classes, attention, **kwargs)
-    raise ValueError(f"unknown model {name!r}; known models: {', '.join(_LISTED)} "
+    if key in NTU_MODELS:
+        _check_classes(num_classes)
+        from ignore_attn.ntu import MMTMFusionNet   # here, not at the top: ignore_attn.ntu imports this module
+        if key == "mmtm-fusion-tiny": return MMTMFusionNet.tiny(attention, num_classes, **kwargs)
+        return MMTMFusionNet(num_classes, attention, **kwargs)
+    raise ValueError(f"unknown model {name!r}; known models: {known} "
                      "(or resnet<6n+2>-cifar / densenet<3L+4>-cifar for other depths)")
 
 # %% ../nbs/03_models.ipynb #c9a4d38a

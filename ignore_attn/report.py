@@ -259,8 +259,11 @@ def run_analysis(runs_dir: Path, out: Path, notebook: Path | None, log=print) ->
     dest = out / "analysis.ipynb"
     log(f"  executing {notebook.name} (Grad-CAM, masks, border vs centre, distractors) ...")
     try:
-        pm.execute_notebook(str(notebook), str(dest), parameters={"runs_dir": str(runs_dir), "out_dir": str(out)},
-                            progress_bar=False, cwd=str(out), kernel_name="python3", language="python")
+        # absolute paths: the notebook runs with the report folder as its working directory
+        pm.execute_notebook(str(notebook), str(dest), parameters={"runs_dir": str(Path(runs_dir).resolve()),
+                                                                  "out_dir": str(Path(out).resolve())},
+                            progress_bar=False, cwd=str(out), kernel_name="python3", language="python",
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except Exception as e:  # the tables and figures do not depend on it
         why = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
         return (dest if dest.exists() else None), why

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #6a3965bc
 from __future__ import annotations
-import csv, io, json, math, os, platform, random, time, warnings
+import csv, hashlib, io, json, math, os, platform, random, time, warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from statistics import median
@@ -20,15 +20,16 @@ from tqdm.auto import tqdm
 import ignore_attn
 from .flip import parse_spec
 from .data import DataConfig, build_data
-from .models import authors_l2, get_model
+from .models import authors_l2, get_model, is_ntu_model
 
 # %% auto #0
 __all__ = ['PRESETS', 'SCHEDULE_NAMES', 'AMP_MODES', 'L2_MODES', 'RUNTIME_KEYS', 'HISTORY_COLUMNS', 'CHECKPOINT_FORMAT',
            'Schedule', 'TrainConfig', 'resolve_config', 'make_schedule', 'config_to_dict', 'config_from_dict',
            'config_diff', 'param_groups', 'Runtime', 'resolve_runtime', 'setup_distributed', 'CorruptCheckpointError',
            'RunDirConflict', 'atomic_write', 'save_json', 'save_checkpoint', 'load_checkpoint', 'seed_epoch',
-           'rng_state', 'set_rng_state', 'RunDir', 'autocast', 'to_layout', 'topk_correct', 'TrainStep',
-           'train_one_epoch', 'evaluate', 'versions', 'Run', 'setup_run', 'train']
+           'rng_state', 'set_rng_state', 'RunDir', 'autocast', 'to_layout', 'to_device', 'has_own_loss', 'WithLoss',
+           'topk_correct', 'TrainStep', 'train_one_epoch', 'evaluate', 'versions', 'Run', 'setup_run', 'model_options',
+           'load_stream_checkpoints', 'train']
 
 # %% ../nbs/05_train.ipynb #7f51b4d2
 PRESETS: dict[str, dict] = {
@@ -41,6 +42,9 @@ PRESETS: dict[str, dict] = {
     # not in the paper: half a cosine from lr down to 0
     "cosine": dict(decay="cosine", lr=0.1, epochs=200, milestones=(), gamma=1.0,
                    warmup_epochs=0.0, batch_size=128, weight_decay=1e-4),
+    # paper Sec. 4.3, NTU RGB+D: 10 epochs at batch 8 from pretrained streams; lr and decay ours (MMTM: Adam 1e-4)
+    "paper-ntu": dict(decay="cosine", lr=1e-3, epochs=10, milestones=(), gamma=1.0,
+                      warmup_epochs=0.0, batch_size=8, weight_decay=1e-4),
     # a few epochs for a CPU: smoke tests, notebooks, the quick main job
     "quick": dict(decay="cosine", lr=0.1, epochs=5, milestones=(), gamma=1.0,
                   warmup_epochs=0.5, batch_size=64, weight_decay=5e-4),
@@ -87,7 +91,7 @@ class TrainConfig:
     attention: str = "standard"
     data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0
-    schedule: str = "auto"              # preset: paper-cifar | paper-imagenet | cosine | quick | auto
+    schedule: str = "auto"              # preset: paper-cifar | paper-imagenet | paper-ntu | cosine | quick | auto
     epochs: int | None = None
     lr: float | None = None
     decay: str | None = None            # 'step' | 'cosine'
@@ -101,6 +105,8 @@ class TrainConfig:
     weight_decay: float | None = None
     decay_bn_bias: bool = True          # False: no weight decay on BN parameters and biases
     l2_mode: str = "paper"              # 'paper': SGD weight decay; 'authors': the model's own L2 coefficients
+    rgb_weights: str | None = None      # NTU models: checkpoint file for the RGB stream (None: from scratch)
+    skeleton_weights: str | None = None # NTU models: checkpoint file for the skeleton stream (None: from scratch)
     device: str = "auto"                # 'auto' | 'cpu' | 'cuda' | 'cuda:1' ...
     amp: str = "auto"                   # 'auto' (bf16 on CUDA, off on CPU) | 'bf16' | 'off'
     channels_last: bool | None = None   # None: on for CUDA
@@ -112,7 +118,7 @@ class TrainConfig:
 # %% ../nbs/05_train.ipynb #6c6e40a7
 def _preset_name(cfg: TrainConfig) -> str:
     "The preset `cfg.schedule` names, resolving 'auto' from the dataset."
-    if cfg.schedule == "auto": return "paper-imagenet" if cfg.data.dataset == "imagenet" else "paper-cifar"
+    if cfg.schedule == "auto": return {"imagenet": "paper-imagenet", "ntu": "paper-ntu"}.get(cfg.data.dataset, "paper-cifar")
     if cfg.schedule not in PRESETS:
         raise ValueError(f"unknown schedule preset {cfg.schedule!r}; choose one of {', '.join(SCHEDULE_NAMES)}")
     return cfg.schedule
@@ -137,7 +143,24 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     if out.nesterov and out.momentum == 0: raise ValueError("nesterov needs momentum > 0; drop nesterov or set momentum")
     if not out.weight_decay >= 0: raise ValueError(f"weight_decay must be >= 0, got {out.weight_decay}")
     if not isinstance(out.seed, int) or out.seed < 0: raise ValueError(f"seed must be a non-negative integer, got {out.seed!r}")
-    return out
+    return _check_streams(out)
+
+def _check_streams(cfg: TrainConfig) -> TrainConfig:
+    "Two-stream models go with the NTU data and only they take stream weights; returns cfg with the paths as strings."
+    ntu_model, ntu_data = is_ntu_model(cfg.arch), cfg.data.dataset == "ntu"
+    if ntu_data and not ntu_model:
+        raise ValueError(f"dataset 'ntu' feeds (rgb, skeleton) pairs to a two-stream model; arch {cfg.arch!r} takes "
+                         "images: use arch 'mmtm-fusion' (or 'mmtm-fusion-tiny' for a CPU test)")
+    if ntu_model and not ntu_data:
+        raise ValueError(f"arch {cfg.arch!r} is the two-stream NTU RGB+D model; dataset {cfg.data.dataset!r} has images "
+                         "only: use dataset 'ntu' (with data_dir the NTU root) or an image model")
+    weights = {k: getattr(cfg, k) for k in ("rgb_weights", "skeleton_weights") if getattr(cfg, k) is not None}
+    if weights and not ntu_model:
+        raise ValueError(f"{' and '.join(weights)} load checkpoints into the two streams of an NTU model (mmtm-fusion, "
+                         f"mmtm-fusion-tiny); arch {cfg.arch!r} has no such streams: drop them")
+    for k, v in weights.items():
+        if not isinstance(v, (str, os.PathLike)): raise TypeError(f"{k} must be a file path, got {type(v).__name__} {v!r}")
+    return replace(cfg, **{k: str(Path(v).expanduser()) for k, v in weights.items()})
 
 def _check_choice(name: str, value, choices) -> None:
     "Raise a ValueError naming the valid choices when `value` is not one of them."
@@ -238,8 +261,11 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
     elif device.type != "cpu": raise ValueError(f"device {cfg.device!r} is not supported; use auto, cpu or cuda")
     cuda = device.type == "cuda"
     amp = {"auto": torch.bfloat16 if cuda else None, "bf16": torch.bfloat16, "off": None}[cfg.amp]
-    graphs = (cuda and world == 1) if cfg.cuda_graphs is None else cfg.cuda_graphs
+    pairs = cfg.data.dataset == "ntu"   # (rgb, skeleton) batches: the captured step takes one input tensor
+    graphs = (cuda and world == 1 and not pairs) if cfg.cuda_graphs is None else cfg.cuda_graphs
     if graphs and not cuda: raise ValueError("cuda_graphs needs a CUDA device; drop --cuda-graphs or use --device cuda")
+    if graphs and pairs: raise ValueError("cuda_graphs captures a step on one input tensor, but NTU batches are "
+                                          "(rgb, skeleton) pairs; pass --no-cuda-graphs")
     if graphs and world > 1: raise ValueError("cuda_graphs is not supported together with DDP; pass --no-cuda-graphs")
     if cfg.batch_size % world: raise ValueError(f"batch_size {cfg.batch_size} does not split evenly over {world} processes")
     return Runtime(device, amp, cuda if cfg.channels_last is None else cfg.channels_last, cfg.compile, graphs,
@@ -321,6 +347,10 @@ HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_t
 
 class RunDir:
     "The output folder of one run: file paths, and whether a command may start, resume or only report it."
+    # Files that may sit in a new run's folder without making it someone else's: split.json (a run killed while
+    # starting) and what the sweep runner writes beside a run (its papermill notebook, lock, error and request).
+    COMPANIONS = ("split.json", "train.ipynb", "ntu.ipynb", "running.json", "error.txt", "request.json")
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         for name in ("config.json", "split.json", "history.csv", "metrics.json", "last.pt", "best.pt"):
@@ -337,8 +367,7 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise RunDirConflict(f"output path {self.path} is a file, not a folder; choose another --out")
         if not self.config.exists():
-            # split.json alone is what a run killed while starting leaves: it is rewritten
-            stray = [p.name for p in self.path.glob("*") if not p.name.startswith(".") and p.name != "split.json"] \
+            stray = [p.name for p in self.path.glob("*") if not p.name.startswith(".") and p.name not in self.COMPANIONS] \
                 if self.path.exists() else []
             if stray: raise RunDirConflict(
                 f"refusing to write into {self.path}: it holds files ({', '.join(sorted(stray)[:5])}) but no config.json "
@@ -373,9 +402,39 @@ def autocast(rt: Runtime, cache: bool = True):
     return torch.autocast(device_type=rt.device.type, dtype=rt.amp_dtype or torch.float32,
                           enabled=rt.amp_dtype is not None, cache_enabled=cache)
 
-def to_layout(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    "An image batch in the runtime's memory format."
+def to_layout(x: torch.Tensor | tuple, rt: Runtime) -> torch.Tensor | tuple:
+    "An input batch in the runtime's memory format: 4-D image tensors channels-last when asked, anything else as it is."
+    if isinstance(x, (tuple, list)): return type(x)(to_layout(t, rt) for t in x)
     return x.contiguous(memory_format=torch.channels_last) if rt.channels_last and x.ndim == 4 else x
+
+def to_device(x: torch.Tensor | tuple, device: torch.device) -> torch.Tensor | tuple:
+    "An input batch on `device`: one tensor, or each tensor of a tuple/list (the (rgb, skeleton) pairs of NTU)."
+    if isinstance(x, (tuple, list)): return type(x)(to_device(t, device) for t in x)
+    return x.to(device, non_blocking=True)
+
+def has_own_loss(model: nn.Module) -> bool:
+    "True when `model` defines a method `loss(x, y)` (e.g. the two-stream NTU model: the mean of its streams' cross-entropies)."
+    method = lambda name: callable(getattr(model, name, None)) and not isinstance(getattr(model, name), nn.Module)
+    return method("loss") or method("loss_and_logits")   # a criterion module stored as `self.loss` is not one
+
+class WithLoss(nn.Module):
+    "A model with its own loss as one module, `forward(x, y) -> (loss, logits)`, so that DDP sees the whole step."
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+        if callable(getattr(self.model, "loss_and_logits", None)): return self.model.loss_and_logits(x, y)
+        loss = self.model.loss(x, y)
+        with torch.no_grad(): logits = self.model(x)   # accuracy on the model's output (a second, gradient-free pass)
+        return loss, logits
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    "The module inside DDP and torch.compile wrappers."
+    while True:
+        if isinstance(net, nn.parallel.DistributedDataParallel): net = net.module
+        elif hasattr(net, "_orig_mod") and type(net).__name__ == "OptimizedModule": net = net._orig_mod
+        else: return net
 
 def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
     "Numbers of top-1 and top-k hits; with fewer than k classes every label is in the top k."
@@ -385,16 +444,19 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int = 5) -> tuple[tor
 class TrainStep:
     "One SGD step on a batch (forward, loss, backward, update): eager, or replayed from a captured CUDA graph."
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, rt: Runtime, warmup: int = 3):
+        if not isinstance(_unwrap(net), WithLoss) and has_own_loss(net): net = WithLoss(net)
         self.net, self.optimizer, self.rt, self.warmup = net, optimizer, rt, warmup
-        self.use_graph, self.graph, self.eager_steps = rt.cuda_graphs, None, 0
+        self.own_loss = isinstance(_unwrap(net), WithLoss)
+        self.use_graph, self.graph, self.eager_steps = rt.cuda_graphs and not self.own_loss, None, 0
 
     def _forward_backward(self, x, y, cache: bool = True):
         "Loss and gradients of a batch; returns (summed loss, number correct) as device tensors."
         with autocast(self.rt, cache):
-            logits = self.net(x)
-        loss = F.cross_entropy(logits.float(), y)
+            if self.own_loss: loss, logits = self.net(x, y)
+            else: logits = self.net(x)
+        if not self.own_loss: loss = F.cross_entropy(logits.float(), y)
         loss.backward()
-        return loss.detach() * y.shape[0], (logits.detach().argmax(1) == y).sum()
+        return loss.detach().float() * y.shape[0], (logits.detach().argmax(1) == y).sum()
 
     def _eager(self, x, y):
         "A plain step: fresh gradients, forward, backward, update."
@@ -403,10 +465,13 @@ class TrainStep:
         self.optimizer.step()
         return out
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-        "Train on one batch at learning rate `lr`; returns (summed loss, number correct) without a host sync."
+    def __call__(self, x: torch.Tensor | tuple, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        "Train on one batch (one input tensor or a tuple) at learning rate `lr`; returns (summed loss, number correct)."
         for g in self.optimizer.param_groups: g["lr"] = lr
-        x = to_layout(x, self.rt)
+        x, y = to_layout(to_device(x, self.rt.device), self.rt), y.to(self.rt.device, non_blocking=True)
+        if self.use_graph and isinstance(x, (tuple, list)):
+            warnings.warn("CUDA graphs capture a step on one input tensor; this batch has several, so training stays eager")
+            self.use_graph = False
         return self._graph_step(x, y) if self.use_graph else self._eager(x, y)
 
     def _graph_step(self, x, y):
@@ -487,7 +552,8 @@ def evaluate(model: nn.Module, loader, rt: Runtime) -> dict:
     was_training = model.training; model.eval()
     sums, n = torch.zeros(3, dtype=torch.float64, device=rt.device), 0  # loss, top-1 hits, top-5 hits; images
     for x, y in loader:
-        with autocast(rt): logits = model(to_layout(x, rt)).float()
+        x, y = to_layout(to_device(x, rt.device), rt), y.to(rt.device, non_blocking=True)
+        with autocast(rt): logits = model(x).float()
         c1, c5 = topk_correct(logits, y)
         sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), c1.double(), c5.double()])
         n += y.shape[0]
@@ -533,6 +599,7 @@ class Run:
     elapsed_s: float = 0.0
     best_state: dict | None = None     # in-memory best weights when there is no run folder
     done_metrics: dict | None = None   # set when the folder holds a finished run
+    pretrained: dict | None = None     # NTU models: what was loaded into each stream when the run started
 
     def fit(self, on_epoch_end: Callable | None = None) -> dict:
         "Train the remaining epochs, test the best checkpoint, write metrics.json; returns the metrics."
@@ -558,8 +625,8 @@ class Run:
         return self._finish()
 
     def _network(self) -> nn.Module:
-        "The module the training step calls: the model, wrapped for DDP and compiled as asked."
-        net = self.model
+        "The module the training step calls: the model (with its own loss, if any), wrapped for DDP and compiled as asked."
+        net = WithLoss(self.model) if has_own_loss(self.model) else self.model
         if self.rt.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
             net = DDP(net, device_ids=[self.rt.device.index] if self.rt.device.type == "cuda" else None)
@@ -633,17 +700,21 @@ def setup_run(cfg: TrainConfig) -> Run:
         _log(rt, f"run {run_dir.path} is already finished; its metrics are in {run_dir.metrics}")
         return Run(cfg, rt, run_dir, done_metrics=run_dir.read_metrics())
     if rt.device.type == "cuda": torch.backends.cudnn.benchmark = True
+    fresh = run_dir is None or not run_dir.last.exists()  # starts from initial (or pretrained) weights
+    if fresh: _check_weight_files(cfg)
     split = run_dir.read_split() if state == "resume" else None  # a new run makes (and saves) its own split
     data = build_data(cfg.data, batch_size=cfg.batch_size // rt.world_size, device=rt.device, seed=cfg.seed,
                       split=split, rank=rt.rank, world_size=rt.world_size,
                       eval_batch_size=None if cfg.eval_batch_size is None else max(1, cfg.eval_batch_size // rt.world_size))
     torch.manual_seed(cfg.seed)  # the same initial weights on every device and rank
-    model = get_model(cfg.arch, num_classes=data.num_classes, attention=cfg.attention).to(rt.device)
+    model = get_model(cfg.arch, num_classes=data.num_classes, attention=cfg.attention, **model_options(cfg))
+    pretrained = load_stream_checkpoints(model, cfg, rt) if is_ntu_model(cfg.arch) and fresh else None
+    model = model.to(rt.device)
     if rt.channels_last: model = model.to(memory_format=torch.channels_last)
     groups = param_groups(model, cfg.weight_decay, cfg.decay_bn_bias, cfg.l2_mode)
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                 **({"fused": True} if rt.device.type == "cuda" else {}))
-    run = Run(cfg, rt, run_dir, data, model, optimizer, make_schedule(cfg))
+    run = Run(cfg, rt, run_dir, data, model, optimizer, make_schedule(cfg), pretrained=pretrained)
     if run_dir is not None:
         if rt.is_main: _prepare_folder(run, config, split, state)
         if rt.distributed: dist.barrier()
@@ -658,7 +729,46 @@ def _prepare_folder(run: Run, config: dict, split: dict | None, state: str) -> N
     if state == "new" or not rd.config.exists():
         save_json(rd.config, {"config": config, "num_classes": run.data.num_classes, "classes": list(run.data.classes),
                               "image_size": run.data.image_size, "world_size": run.rt.world_size,
-                              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions()})
+                              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions()}
+                             | ({"pretrained": run.pretrained} if run.pretrained is not None else {}))
+
+def model_options(cfg: TrainConfig) -> dict:
+    "Keyword arguments `get_model` needs from the data: the skeleton frames of an NTU model."
+    return {"frames_skel": cfg.data.frames_skel} if is_ntu_model(cfg.arch) else {}
+
+def _check_weight_files(cfg: TrainConfig) -> None:
+    "Fail before any data is read when a stream checkpoint is not a file."
+    for k in ("rgb_weights", "skeleton_weights"):
+        path = getattr(cfg, k)
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{k} {path} is not a file; pass the path of a saved state dict "
+                                    f"(torch.save(model.state_dict(), path)), or drop {k} to train that stream from scratch")
+
+def _sha1(path: str | Path) -> str:
+    "SHA-1 of a file's bytes (identifies the pretrained weights in config.json)."
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
+    return h.hexdigest()
+
+def load_stream_checkpoints(model: nn.Module, cfg: TrainConfig, rt: Runtime) -> dict:
+    "Load `cfg.rgb_weights` / `cfg.skeleton_weights` into an NTU model's streams, say where each stream starts; a JSON summary."
+    from ignore_attn.ntu import load_pretrained
+    with warnings.catch_warnings():   # said below, with the trainer's option names
+        warnings.filterwarnings("ignore", message=r"no (rgb|skeleton) checkpoint given")
+        reports = load_pretrained(model, cfg.rgb_weights, cfg.skeleton_weights)
+    summary = {}
+    for stream, path in (("rgb", cfg.rgb_weights), ("skeleton", cfg.skeleton_weights)):
+        if stream not in reports:
+            _log(rt, f"no {stream} weights given: the {stream} stream trains from scratch (the paper fine-tunes from "
+                     f"ImageNet + Kinetics weights; pass --{stream}-weights FILE, or {stream}_weights=FILE)")
+            summary[stream] = None
+            continue
+        r = reports[stream]
+        _log(rt, f"pretrained {r}")
+        summary[stream] = {"path": path, "sha1": _sha1(path), "loaded": len(r.loaded), "deflated": len(r.deflated),
+                           "skipped": r.skipped[:20], "missing": r.missing[:20], "unexpected": r.unexpected[:20]}
+    return summary
 
 def _resume(run: Run) -> None:
     "Load last.pt into the run; rewrite best.pt from it if a crash came between the two writes."

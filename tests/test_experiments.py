@@ -1,0 +1,166 @@
+"""Sweeps through papermill: the quick loop, kill-and-resume, failures, the Dask backend, bad input."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ignore_attn.experiments import SWEEPS, expand, load_sweep, run_sweep, sweep_status
+from ignore_attn.train import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+# A tiny sweep: 2 runs of a few seconds each on one CPU core.
+TINY = dict(datasets=["cluttered-digits"], archs=["resnet8-cifar"], attentions=["standard", "se-ign3"], seeds=[0],
+            epochs=3, schedule="quick", batch_size=64, n_train=192, n_val=64, n_test=64, augment="shift",
+            device="cpu", quiet=True)
+
+
+def write_sweep(path: Path, **over) -> Path:
+    path.write_text(yaml.safe_dump({**TINY, **over}))
+    return path
+
+
+def cli(*args, **kw):
+    "Run `python -m ignore_attn.cli ...` in a subprocess with this repo importable."
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # same threads as the in-process sweeps: bit-equal results
+    return subprocess.Popen([sys.executable, "-m", "ignore_attn.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def lock(run_dir: Path) -> dict:
+    try: return json.loads((run_dir / "running.json").read_text())
+    except (OSError, ValueError): return {}
+
+
+def final_weights(run_dir: Path) -> dict:
+    return load_checkpoint(run_dir / "last.pt")["model"]
+
+
+@pytest.fixture(scope="module")
+def tiny_done(tmp_path_factory):
+    "The tiny sweep run once, uninterrupted, by the local backend."
+    out = tmp_path_factory.mktemp("sweep")
+    runs = expand(TINY, name="tiny")
+    status = run_sweep(runs, out, progress=False)
+    return runs, out, status
+
+
+def test_quick_sweep_through_papermill(tiny_done):
+    runs, out, status = tiny_done
+    assert list(status.state) == ["done", "done"]
+    for r in runs:
+        d = out / r.run_id
+        nb = json.loads((d / "train.ipynb").read_text())  # the executed notebook is saved beside the results
+        assert any("injected-parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
+        m = json.loads((d / "metrics.json").read_text())
+        assert m["attention"] == r["attention"] and 0 <= m["test_top1_err"] <= 100
+        assert len((d / "history.csv").read_text().splitlines()) == 1 + TINY["epochs"]
+    assert json.loads((out / "sweep.json").read_text())[1]["run_id"] == runs[1].run_id
+    # started again, a finished sweep runs nothing and changes nothing
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+    run_sweep(runs, out, progress=False)
+    assert before == {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+
+
+def test_named_quick_sweep_is_the_cpu_loop():
+    runs = expand(SWEEPS["quick"])
+    assert {r["dataset"] for r in runs} == {"cluttered-digits"} and len(runs) >= 8
+    assert {r["seed"] for r in runs} == {0, 1}
+
+
+def test_kill_and_resume_equals_uninterrupted(tiny_done, tmp_path):
+    runs, ref_out, _ = tiny_done
+    sweep = write_sweep(tmp_path / "tiny.yaml")
+    out = tmp_path / "runs"
+    second = out / runs[1].run_id
+    p = cli("sweep", str(sweep), "--out", str(out), start_new_session=True)
+    try:  # kill the whole sweep (runner and kernel) once the second run has a checkpoint, mid-run
+        deadline = time.time() + 240
+        while not ((second / "last.pt").exists() and "kernel_pid" in lock(second)):
+            assert p.poll() is None, p.stdout.read()
+            assert time.time() < deadline, "the second run never wrote a checkpoint"
+            time.sleep(0.02)
+        kernel = lock(second)["kernel_pid"]
+    finally:
+        os.killpg(p.pid, signal.SIGKILL); p.wait()
+    os.kill(kernel, signal.SIGKILL)  # the kernel runs in a session of its own: kill it as a job scheduler would
+    assert sweep_status(runs, out).state.tolist()[0] == "done"
+    assert not (second / "metrics.json").exists(), "killed too late: the second run had already finished"
+    first_mtime = (out / runs[0].run_id / "metrics.json").stat().st_mtime_ns
+    p = cli("sweep", str(sweep), "--out", str(out))
+    log = p.communicate(timeout=300)[0]
+    assert p.returncode == 0, log
+    assert "1 done" in log and "starting 1" in log, log           # the finished run is skipped ...
+    assert (out / runs[0].run_id / "metrics.json").stat().st_mtime_ns == first_mtime
+    for r in runs:                                                 # ... and the result equals an uninterrupted sweep
+        a, b = final_weights(out / r.run_id), final_weights(ref_out / r.run_id)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), r.run_id
+        ma, mb = (json.loads((d / r.run_id / "metrics.json").read_text()) for d in (out, ref_out))
+        assert ma["test_top1_err"] == mb["test_top1_err"]
+
+
+def test_failing_run_is_recorded_and_the_rest_complete(tmp_path):
+    # An experiment notebook that raises for seed 1: the sweep goes on, records it, and reports it.
+    nb = json.loads((ROOT / "nbs" / "experiments" / "train.ipynb").read_text())
+    body = next(c for c in nb["cells"] if c["cell_type"] == "code" and "parameters" not in c["metadata"].get("tags", []))
+    body["source"] = "assert seed != 1, 'this run fails on purpose'\n" + "".join(body["source"])
+    bad_nb = tmp_path / "train_fails.ipynb"
+    bad_nb.write_text(json.dumps(nb))
+    runs = expand({**TINY, "attentions": ["standard"], "seeds": [0, 1], "epochs": 1}, name="failing")
+    status = run_sweep(runs, tmp_path / "runs", notebook=bad_nb, progress=False)
+    assert status.state.tolist() == ["done", "failed"]
+    err = (tmp_path / "runs" / runs[1].run_id / "error.txt").read_text()
+    assert "this run fails on purpose" in err and "train.ipynb" in err
+    assert (tmp_path / "runs" / runs[1].run_id / "train.ipynb").exists()
+    # through the CLI: exit status 1 and the failed run named with where to look
+    p = cli("sweep", str(write_sweep(tmp_path / "f.yaml", attentions=["standard"], seeds=[0, 1], epochs=1)),
+            "--out", str(tmp_path / "runs"), "--notebook", str(bad_nb))
+    log = p.communicate(timeout=300)[0]
+    assert p.returncode == 1 and "FAILED" in log and "error.txt" in log, log
+
+
+def test_dask_local_cluster_gives_the_same_results(tiny_done, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    runs, ref_out, _ = tiny_done
+    # Dask pins its workers to one thread (OMP_NUM_THREADS=1) unless told otherwise; give them the threads the
+    # local backend's kernels have, so the runs are bit-for-bit the same computations.
+    threads = str(torch.get_num_threads())
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}) as cluster, \
+            distributed.Client(cluster) as client:
+        status = run_sweep(runs, tmp_path, scheduler=client, progress=False)
+    assert status.state.tolist() == ["done", "done"]
+    for r in runs:
+        a, b = final_weights(tmp_path / r.run_id), final_weights(ref_out / r.run_id)
+        assert all(torch.equal(a[k], b[k]) for k in a), r.run_id
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sweep", "tabel1", "--out", "{tmp}/o"], "unknown sweep 'tabel1'"),
+    (["sweep", "{tmp}/unknown_key.yaml", "--out", "{tmp}/o"], "unknown key(s) 'learning_rate'"),
+    (["sweep", "{tmp}/bad_spec.yaml", "--out", "{tmp}/o"], "bad attention 'se-ign3(0.5)'"),
+    (["sweep", "table1", "--data", "{tmp}/nowhere", "--out", "{tmp}/o"], "does not exist"),
+    (["sweep", "{tmp}/missing.yaml", "--out", "{tmp}/o"], "does not exist"),
+    (["reproduce", "table1", "--out", "{tmp}/o"], "pass --data DIR"),
+])
+def test_bad_input_refused_before_any_run(tmp_path, args, message):
+    write_sweep(tmp_path / "unknown_key.yaml", learning_rate=0.1)
+    write_sweep(tmp_path / "bad_spec.yaml", attentions=["se-ign3(0.5)"])
+    p = cli(*[a.format(tmp=tmp_path) for a in args])
+    log = p.communicate(timeout=120)[0]
+    assert p.returncode == 2 and message in log, log
+    assert not (tmp_path / "o").exists()
+
+
+def test_restart_stops_an_orphaned_kernel(tmp_path):
+    from ignore_attn.experiments import stop_orphan
+    import socket
+    run_dir = tmp_path / "run"; run_dir.mkdir()
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead_runner = subprocess.Popen([sys.executable, "-c", "pass"]); dead_runner.wait()
+    (run_dir / "running.json").write_text(json.dumps(dict(pid=dead_runner.pid, host=socket.gethostname(),
+                                                          kernel_pid=orphan.pid)))
+    assert stop_orphan(run_dir)
+    assert orphan.wait(timeout=10) == -signal.SIGKILL
+    assert not stop_orphan(run_dir)  # nothing left to stop
