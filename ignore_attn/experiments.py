@@ -16,8 +16,8 @@ __all__ = ['GRID_KEYS', 'META_KEYS', 'RUN_KEYS', 'SWEEPS', 'STATES', 'trainer_ke
            'expand', 'check_models', 'merge_runs', 'load_sweep', 'sweep_table', 'run_status', 'stop_orphan',
            'sweep_status', 'experiment_notebook', 'notebook_for', 'execute_run', 'device_slots', 'run_sweep',
            'make_train_config', 'options_from_namespace', 'launch_command', 'train_run', 'parse_overrides',
-           'add_sweep_arguments', 'sweep_runs', 'sweep_main', 'quick_overrides', 'add_reproduce_arguments',
-           'reproduce_main']
+           'add_sweep_arguments', 'add_placement_arguments', 'placement', 'sweep_runs', 'sweep_main', 'quick_overrides',
+           'add_reproduce_arguments', 'reproduce_main']
 
 # %% ../nbs/06_experiments.ipynb #50eb3fcf
 GRID_KEYS = ("datasets", "archs", "attentions", "seeds")
@@ -402,12 +402,22 @@ def add_sweep_arguments(p) -> None:
     p.add_argument("--data", help="data folder of the sweep's dataset (sets data_dir of every run)")
     p.add_argument("--out", default="runs", help="folder of the runs (default: runs); re-running continues it")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their state without starting any")
+    add_placement_arguments(p)
+
+def add_placement_arguments(p) -> None:
+    "Where the runs of `sweep` and `reproduce` go: local slots, GPUs, a Dask cluster; which notebook they execute."
     p.add_argument("--jobs", type=int, default=1, help="local worker slots (default 1)")
     p.add_argument("--gpus", help="comma-separated GPU ids for local runs, e.g. 0,1,2,3")
     p.add_argument("--runs-per-gpu", type=int, default=1, help="concurrent runs packed on each GPU (default 1)")
     p.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786) to run on a cluster")
     p.add_argument("--gpu", action="store_true", help="with --scheduler: each run takes one unit of the workers' GPU resource")
-    p.add_argument("--notebook", help="experiment notebook to execute (default: nbs/experiments/train.ipynb)")
+    p.add_argument("--notebook", help="experiment notebook to execute (default: nbs/experiments/train.ipynb, ntu.ipynb for NTU)")
+
+def placement(args) -> dict:
+    "The keyword arguments of `run_sweep` that the placement flags give."
+    gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
+    return dict(jobs=args.jobs, gpus=gpus, runs_per_gpu=args.runs_per_gpu, scheduler=args.scheduler, gpu=args.gpu,
+                notebook=args.notebook)
 
 def sweep_runs(sweep: str, data: str | None = None, overrides: dict | None = None) -> tuple[str, list[Run]]:
     "Load, override, check and expand a sweep; a missing data folder is refused here, before any run."
@@ -431,9 +441,7 @@ def sweep_main(args, extra: list[str]) -> int:
         st = sweep_status(runs, Path(args.out))
         print(f"sweep {name}: {len(runs)} runs under {args.out}")
         print(st[["run_id", "state"]].to_string(index=False)); return 0
-    gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
-    status = run_sweep(runs, args.out, jobs=args.jobs, gpus=gpus, runs_per_gpu=args.runs_per_gpu,
-                       scheduler=args.scheduler, gpu=args.gpu, notebook=args.notebook)
+    status = run_sweep(runs, args.out, **placement(args))
     return 1 if (status.state == "failed").any() else 0
 
 # %% ../nbs/06_experiments.ipynb #c6146db7
@@ -455,12 +463,7 @@ def add_reproduce_arguments(p) -> None:
     p.add_argument("--data", help="data folder of the tables' dataset")
     p.add_argument("--out", help="folder of the runs (default: runs/quick or runs/<sweeps>)")
     p.add_argument("--report", help="folder of the report site (default: <out>/report)")
-    p.add_argument("--jobs", type=int, default=1, help="local worker slots (default 1)")
-    p.add_argument("--gpus", help="comma-separated GPU ids for local runs")
-    p.add_argument("--runs-per-gpu", type=int, default=1, help="concurrent runs packed on each GPU")
-    p.add_argument("--scheduler", help="Dask scheduler address to run on a cluster")
-    p.add_argument("--gpu", action="store_true", help="with --scheduler: one GPU resource unit per run")
-    p.add_argument("--notebook", help="experiment notebook to execute (default: nbs/experiments/train.ipynb)")
+    add_placement_arguments(p)
 
 def reproduce_main(args, extra: list[str]) -> int:
     "Run `ignore-attn reproduce`: the sweep(s), then the report; return the exit code."
@@ -472,9 +475,7 @@ def reproduce_main(args, extra: list[str]) -> int:
     out = Path(args.out or Path("runs") / "-".join(Path(n).stem for n in names))
     report_dir = Path(args.report) if args.report else out / "report"
     t0 = time.time()
-    gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
-    status = run_sweep(runs, out, jobs=args.jobs, gpus=gpus, runs_per_gpu=args.runs_per_gpu,
-                       scheduler=args.scheduler, gpu=args.gpu, notebook=args.notebook)
+    status = run_sweep(runs, out, **placement(args))
     print("building the report ...", flush=True)
     from ignore_attn.report import build_report
     home = build_report(out, report_dir)

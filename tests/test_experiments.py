@@ -164,3 +164,14 @@ def test_restart_stops_an_orphaned_kernel(tmp_path):
     assert stop_orphan(run_dir)
     assert orphan.wait(timeout=10) == -signal.SIGKILL
     assert not stop_orphan(run_dir)  # nothing left to stop
+
+
+def test_one_run_on_several_processes_through_torchrun(tmp_path):
+    # The runner's path for one large run on many GPUs, exercised on the CPU: 2 processes (gloo) via torchrun.
+    from ignore_attn.experiments import launch_command, train_run
+    opts = {k: v for k, v in TINY.items() if k not in ("datasets", "archs", "attentions", "seeds")}
+    opts.update(dataset="cluttered-digits", arch="resnet8-cifar", attention="se-ign3", seed=0, epochs=1)
+    assert launch_command(tmp_path, 2)[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    metrics = train_run(opts, tmp_path / "ddp", nproc_per_node=2)
+    assert metrics["status"] == "done" and (tmp_path / "ddp" / "request.json").exists()
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["config"]["attention"] == "se-ign3"
