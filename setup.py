@@ -39,9 +39,10 @@ setuptools.setup(
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
-    packages=setuptools.find_packages(include=[cfg["lib_name"], cfg["lib_name"] + ".*"]),
+    # ignore_attn/assets holds data files (the paper's numbers, the NTU exclusion list): a data-only package
+    packages=setuptools.find_namespace_packages(include=[cfg["lib_name"], cfg["lib_name"] + ".*"]),
     include_package_data=True,
-    package_data={cfg["lib_name"]: ["assets/*"]},
+    package_data={cfg["lib_name"] + ".assets": ["*"]},
     python_requires=">=" + cfg["min_python"],
     install_requires=reqs("requirements"),
     extras_require={"experiments": experiments, "ntu": reqs("ntu_requirements"),

@@ -10,6 +10,9 @@ from ignore_attn.experiments import SWEEPS, expand, load_sweep, run_sweep, sweep
 from ignore_attn.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every kernel these tests start (papermill's, the CLI's, Dask's) trains with the same number of threads, so
+# runs made by different backends are the same computation to the bit. Dask would otherwise pin its workers to 1.
+THREADS = os.environ.setdefault("OMP_NUM_THREADS", "2")
 # A tiny sweep: 2 runs of a few seconds each on one CPU core.
 TINY = dict(datasets=["cluttered-digits"], archs=["resnet8-cifar"], attentions=["standard", "se-ign3"], seeds=[0],
             epochs=3, schedule="quick", batch_size=64, n_train=192, n_val=64, n_test=64, augment="shift",
@@ -123,11 +126,8 @@ def test_failing_run_is_recorded_and_the_rest_complete(tmp_path):
 def test_dask_local_cluster_gives_the_same_results(tiny_done, tmp_path):
     distributed = pytest.importorskip("distributed")
     runs, ref_out, _ = tiny_done
-    # Dask pins its workers to one thread (OMP_NUM_THREADS=1) unless told otherwise; give them the threads the
-    # local backend's kernels have, so the runs are bit-for-bit the same computations.
-    threads = str(torch.get_num_threads())
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}) as cluster, \
+                                  env={"OMP_NUM_THREADS": THREADS, "MKL_NUM_THREADS": THREADS}) as cluster, \
             distributed.Client(cluster) as client:
         status = run_sweep(runs, tmp_path, scheduler=client, progress=False)
     assert status.state.tolist() == ["done", "done"]
