@@ -321,8 +321,8 @@ def run_sweep(runs: list[Run], out: str | Path, jobs: int = 1, gpus: list[int] |
             done += res["state"] == "done"; failed += res["state"] == "failed"; secs.append(res["seconds"])
             left = len(todo) - done - failed
             eta = sum(secs) / len(secs) * left / max(1, min(n_par, left)) if left else 0
-            bar.update(1)
-            bar.set_postfix(done=done, failed=failed, left=left, eta=f"{eta / 60:.1f} min")
+            bar.set_postfix(done=done, failed=failed, left=left, eta=f"{eta / 60:.1f} min", refresh=False)
+            bar.update(1)  # one refresh, with the new count and the new postfix together
             if res["state"] == "failed" and not progress: print(f"failed: {res['run_id']}: {res['error']}")
         bar.close()
     status = sweep_status(runs, out)
