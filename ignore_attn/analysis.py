@@ -702,41 +702,34 @@ def stage_ignoring(ignoring: dict[str, torch.Tensor], stages: dict[str, str]) ->
     for name, g in ignoring.items(): by.setdefault(stages.get(name, name.split(".")[0]), []).append(g)
     return {s: torch.stack(gs).mean(0) for s, gs in by.items()}
 
+def _overlay_grid(images, maps: dict[str, torch.Tensor], n: int, cmap: str, alpha: float, title: str):
+    "Rows of images: the input, then each map of `maps` ({column label: (N, H, W) in [0, 1]}) over its grey copy."
+    imgs = _as_display(images)[:n]
+    fig = Figure(figsize=(1.8 * (1 + len(maps)), 1.8 * len(imgs) + 0.4))
+    axes = np.atleast_2d(fig.subplots(len(imgs), 1 + len(maps)))
+    for i, im in enumerate(imgs):
+        axes[i, 0].imshow(im)
+        for j, (label, m) in enumerate(maps.items(), 1):
+            axes[i, j].imshow(im.mean(-1), cmap="gray")
+            shown = axes[i, j].imshow(m[i].cpu().numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+            if i == 0: axes[i, j].set_title(label, fontsize="small")
+    axes[0, 0].set_title("input", fontsize="small")
+    for ax in axes.ravel(): ax.set_axis_off()
+    fig.suptitle(title, fontsize="medium")
+    return fig, axes, shown
+
 def spatial_mask_figure(images, ignoring: dict[str, torch.Tensor], stages: dict[str, str], n: int = 4,
                         title: str = "") -> Figure:
     "Rows of images: the input, then each stage's mean ignoring map (1 - CBAM spatial mask) over it."
     per = stage_ignoring(ignoring, stages)
     if not per: raise ValueError("no spatial masks: only CBAM blocks have them (SE masks are per channel)")
-    imgs = _as_display(images)[:n]
-    fig = Figure(figsize=(1.8 * (1 + len(per)), 1.8 * len(imgs) + 0.4))
-    axes = np.atleast_2d(fig.subplots(len(imgs), 1 + len(per)))
-    for i, im in enumerate(imgs):
-        axes[i, 0].imshow(im)
-        for j, (s, g) in enumerate(per.items(), 1):
-            axes[i, j].imshow(im.mean(-1), cmap="gray")
-            shown = axes[i, j].imshow(g[i].cpu().numpy(), cmap="magma", alpha=0.6, vmin=0, vmax=1)
-            if i == 0: axes[i, j].set_title(s, fontsize="small")
-    axes[0, 0].set_title("input", fontsize="small")
-    for ax in axes.ravel(): ax.set_axis_off()
+    fig, axes, shown = _overlay_grid(images, per, n, "magma", 0.6, title or "Ignoring mass (1 - spatial mask) per stage")
     fig.colorbar(shown, ax=list(axes.ravel()), shrink=0.6, label="ignoring mass")
-    fig.suptitle(title or "Ignoring mass (1 - spatial mask) per stage", fontsize="medium")
     return fig
 
 def grad_cam_figure(images, cams: dict[str, torch.Tensor], n: int = 4, title: str = "Grad-CAM") -> Figure:
     "Rows of images: the input, then each model's Grad-CAM map over it ({label: (N, H, W)}), as the paper's Figure 2."
-    imgs = _as_display(images)[:n]
-    fig = Figure(figsize=(1.8 * (1 + len(cams)), 1.8 * len(imgs) + 0.4))
-    axes = np.atleast_2d(fig.subplots(len(imgs), 1 + len(cams)))
-    for i, im in enumerate(imgs):
-        axes[i, 0].imshow(im)
-        for j, (label, c) in enumerate(cams.items(), 1):
-            axes[i, j].imshow(im.mean(-1), cmap="gray")
-            axes[i, j].imshow(c[i].cpu().numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
-            if i == 0: axes[i, j].set_title(label, fontsize="small")
-    axes[0, 0].set_title("input", fontsize="small")
-    for ax in axes.ravel(): ax.set_axis_off()
-    fig.suptitle(title, fontsize="medium")
-    return fig
+    return _overlay_grid(images, cams, n, "jet", 0.5, title)[0]
 
 # %% ../nbs/07_analysis.ipynb #e56d4db1
 def distractor_table(ignoring: dict[str, torch.Tensor], distractors, stages: dict[str, str] | None = None) -> pd.DataFrame:

@@ -326,12 +326,7 @@ class AttentiveBasicBlock(_TVBasicBlock):
 
 class AttentiveBottleneck(_TVBottleneck):
     "torchvision Bottleneck with `self.attention` on the residual branch after bn3, before the addition."
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.attention(self.bn3(self.conv3(out)))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+    forward = Bottleneck.forward  # the same layer names as our own Bottleneck, so the same forward
 
 # %% ../nbs/03_models.ipynb #45018248
 _ATTENTIVE = {_TVBasicBlock: (AttentiveBasicBlock, "bn2"), _TVBottleneck: (AttentiveBottleneck, "bn3")}
