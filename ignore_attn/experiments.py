@@ -243,7 +243,7 @@ def execute_run(run: Run, out: str | Path, notebook: str | Path | None = None, d
     _write_json(d / "running.json", dict(pid=os.getpid(), host=socket.gethostname(), started=time.time()))
     params = {**run.options, "out": str(d)}
     if device is not None: params["device"] = device
-    t0, error = time.time(), None
+    t0, error, detail = time.time(), None, ""
     try:
         # The executed copy is always train.ipynb, the name the report looks for, whichever notebook ran.
         pm.execute_notebook(str(notebook or notebook_for(run)), str(d / "train.ipynb"), parameters=params,
@@ -251,13 +251,13 @@ def execute_run(run: Run, out: str | Path, notebook: str | Path | None = None, d
                             extra_arguments=["--IPKernelApp.log_level=ERROR"])  # keep the kernel's start-up chatter out of the progress bar
         if run_status(d) != "done": error = "the notebook finished but metrics.json does not say the run is done"
     except BaseException as e:  # a KeyboardInterrupt must also leave the folder in a resumable state
-        error = f"{type(e).__name__}: {e}"
+        error, detail = f"{type(e).__name__}: {e}", traceback.format_exc()
         if isinstance(e, KeyboardInterrupt): raise
     finally:
         (d / "running.json").unlink(missing_ok=True)
         if error is not None:
             (d / "error.txt").write_text(f"{error}\n\nThe executed notebook, stopped at the failing cell: "
-                                         f"{d / 'train.ipynb'}\n{traceback.format_exc() if sys.exc_info()[0] else ''}")
+                                         f"{d / 'train.ipynb'}\n{detail}")
     return dict(run_id=run.run_id, state="failed" if error else "done", seconds=time.time() - t0, error=error)
 
 # %% ../nbs/06_experiments.ipynb #ffd9fc6d
