@@ -29,7 +29,7 @@ def attention_sites(name: str) -> int:
     return 3 * (int(re.fullmatch(r"resnet(\d+)-cifar", name)[1]) - 2) // 6
 
 
-# Sizes written out by hand in nbs/03_models.ipynb from the architecture (not read from a model).
+# Sizes written out by hand in nbs/04_models.ipynb from the architecture (not read from a model).
 @pytest.mark.parametrize("name, attention, params, modules", [
     ("resnet50-cifar", "standard", 758_362, 0),
     ("resnet50-cifar", "se", 758_362 + 11_760, 24),

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ignore_attn import ntu
+from ignore_attn import ntu_data, ntu_model
 from ignore_attn.cli import main
 from ignore_attn.data import DataConfig, Loader, build_data
 from ignore_attn.experiments import make_train_config
@@ -40,7 +40,7 @@ def one_thread_and_private_cache(tmp_path, monkeypatch):
 def frames_tree(tmp_path_factory) -> Path:
     "A miniature NTU tree with frame folders (no video decoder needed)."
     root = tmp_path_factory.mktemp("ntu-frames")
-    ntu.write_tiny_ntu(root, NAMES, as_frames=True)
+    ntu_data.write_tiny_ntu(root, NAMES, as_frames=True)
     return root
 
 
@@ -49,7 +49,7 @@ def video_tree(tmp_path_factory) -> Path:
     "A miniature NTU tree with `_rgb.avi` videos, as the dataset ships them."
     pytest.importorskip("av")
     root = tmp_path_factory.mktemp("ntu-videos")
-    ntu.write_tiny_ntu(root, NAMES)
+    ntu_data.write_tiny_ntu(root, NAMES)
     return root
 
 
@@ -83,7 +83,7 @@ def test_loader_follows_the_protocol(frames_tree):
 
 def test_a_missing_video_is_reported_and_left_out(tmp_path):
     tree = tmp_path / "ntu"
-    ntu.write_tiny_ntu(tree, NAMES, as_frames=True)
+    ntu_data.write_tiny_ntu(tree, NAMES, as_frames=True)
     shutil.rmtree(tree / "videos" / NAMES[0])
     with pytest.warns(UserWarning, match="12 samples requested = 8 train .* 1 missing on disk"):
         d = build_data(DataConfig(data_dir=str(tree), **TINY_DATA), batch_size=4)
@@ -131,7 +131,7 @@ def kill_after(epoch: int):
 
 
 def test_killed_run_resumes_to_the_same_weights_without_its_weight_files(video_tree, tmp_path):
-    donor = ntu.BottleneckResNet(1000, width=1 / 16, blocks=(1, 1, 1, 1))
+    donor = ntu_model.BottleneckResNet(1000, width=1 / 16, blocks=(1, 1, 1, 1))
     torch.save(donor.state_dict(), tmp_path / "rgb.pt")
     straight = train(tiny(video_tree, tmp_path / "straight", rgb_weights=str(tmp_path / "rgb.pt")))
     shutil.copy(tmp_path / "rgb.pt", tmp_path / "rgb-copy.pt")
