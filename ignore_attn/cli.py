@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .flip import SPEC_HELP, parse_spec
+from .attention import INITS
 from . import data as _data
 from .data import DataConfig
 from .models import get_model, list_models
@@ -69,9 +70,12 @@ _DATA_HELP = {
                 "train/<class>/*, test/<class>/* (imagefolder; ImageNet also val/<class>/*); ntu: the NTU root holding "
                 "nturgb+d_skeletons/ and nturgb+d_rgb/",
     "split": "'paper': seeded stratified train/val split; 'authors': first/last images of the training set",
-    "val_size": "validation images held out of the training set", "split_seed": "seed of the train/val split",
+    "val_size": "validation images held out of the training set (default: the data set's protocol: 10000 for CIFAR, "
+                "0 for ImageNet, whose last epoch is tested on val/)", "split_seed": "seed of the train/val split",
     "normalize": "'channel': per-channel mean/std; 'pixel': subtract the per-pixel mean image (the authors' code)",
-    "augment": "'shift-flip': 4-pixel shifts and horizontal flips; 'rrc': random-resized crops (224 px data); 'none'",
+    "augment": "'shift-flip': 4-pixel shifts and horizontal flips; 'shift': shifts only; 'rrc': random-resized crops and flips "
+               "(224 px data); 'none' (default: the data set's protocol: rrc for ImageNet, shift for Cluttered Digits, "
+               "else shift-flip)",
     "pad_mode": "fill of the shift padding: 'zeros', or 'edge' (replicate; the authors' code)",
     "image_size": "resize images to this size (default: the data's own)",
     "download": "fetch CIFAR-10/100 if absent (needs the internet)",
@@ -141,6 +145,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
                    help="also decay BatchNorm parameters and biases (default: yes)")
     g.add_argument("--l2-mode", choices=L2_MODES,
                    help="'paper': uniform weight decay; 'authors': the model's own per-layer L2 (Keras l2(lam) = decay 2 lam)")
+    g.add_argument("--attention-init", choices=INITS,
+                   help="init of the attention branch: 'authors' (dense N(0, 0.01), zero bias; the default) or 'torch' (PyTorch's)")
     g = p.add_argument_group("hardware")
     g.add_argument("--device", help="auto (default: CUDA if present), cpu, cuda, cuda:N")
     g.add_argument("--amp", choices=AMP_MODES, help="autocast: auto (bf16 on CUDA, off on CPU), bf16, off")

@@ -11,7 +11,7 @@ import math
 import os
 import pickle
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Protocol, runtime_checkable
 
@@ -24,12 +24,12 @@ from .registry import Registry
 
 # %% auto #0
 __all__ = ['DATASETS', 'SPLITS', 'NORMALIZATIONS', 'AUGMENTATIONS', 'PAD_MODES', 'RESIDENCY', 'MAX_SHIFT', 'RESIDENT_MAX_BYTES',
-           'NATIVE_SIZE', 'NTU_PROTOCOLS', 'IMAGE_DATASETS', 'DATA_BUILDERS', 'register_data', 'CIFAR_FILES',
-           'IMAGE_EXTENSIONS', 'SPLIT_VERSION', 'DataConfig', 'seeded_generator', 'stratified_order', 'make_split',
-           'stratified_subset', 'norm_stats', 'normalize', 'shift_images', 'flip_images', 'epoch_plan', 'cifar_folder',
-           'read_cifar', 'write_cifar', 'folder_layout_help', 'list_image_folder', 'read_image_folder', 'cache_dir',
-           'load_image', 'fit_image', 'decode_images', 'Loader', 'ResidentLoader', 'random_resized_box', 'ImageItems',
-           'WorkerLoader', 'Data', 'build_data']
+           'NATIVE_SIZE', 'NTU_PROTOCOLS', 'DATA_DEFAULTS', 'IMAGE_DATASETS', 'DATA_BUILDERS', 'register_data',
+           'CIFAR_FILES', 'IMAGE_EXTENSIONS', 'SPLIT_VERSION', 'DataConfig', 'seeded_generator', 'stratified_order',
+           'make_split', 'stratified_subset', 'norm_stats', 'normalize', 'shift_images', 'flip_images', 'epoch_plan',
+           'cifar_folder', 'read_cifar', 'write_cifar', 'folder_layout_help', 'list_image_folder', 'read_image_folder',
+           'cache_dir', 'load_image', 'fit_image', 'decode_images', 'Loader', 'ResidentLoader', 'random_resized_box',
+           'ImageItems', 'WorkerLoader', 'Data', 'build_data']
 
 # %% ../nbs/06_data.ipynb #eb53fa4e
 DATASETS = ("cluttered-digits", "cifar10", "cifar100", "imagefolder", "imagenet", "ntu")
@@ -42,6 +42,15 @@ MAX_SHIFT = 4                       # pixels; the authors' 12.5 % of 32
 RESIDENT_MAX_BYTES = 4 * 2**30      # 'auto' keeps a dataset on the device when its uint8 tensor fits in this
 NATIVE_SIZE = {"cluttered-digits": 32, "cifar10": 32, "cifar100": 32, "imagenet": 224, "ntu": 224}
 NTU_PROTOCOLS = ("xsub", "xview")
+# What `None` means for augment and val_size, per data set (see "Protocol defaults per data set" below).
+DATA_DEFAULTS = {
+    "cluttered-digits": dict(augment="shift", val_size=0),         # a mirrored digit is another digit; n_val sizes its val set
+    "cifar10": dict(augment="shift-flip", val_size=10000),       # paper: 40k train / 10k validation of the 50k
+    "cifar100": dict(augment="shift-flip", val_size=10000),
+    "imagefolder": dict(augment="shift-flip", val_size=10000),   # e.g. CIFAR-10 as JPEG files: CIFAR's protocol
+    "imagenet": dict(augment="rrc", val_size=0),                 # standard recipe: all 1.28M train, tested on val/
+    "ntu": dict(augment="shift-flip", val_size=0),               # NTU holds out ntu_val_fraction instead
+}
 IMAGE_DATASETS = DATASETS[:5]       # built here; the others by the builder their module registers
 # Builders of data sets that are not images (kind 'ntu': (rgb, skeleton) pairs), registered by their own modules.
 DATA_BUILDERS = Registry("dataset", kinds=("ntu",), providers=("ignore_attn.ntu_data",))
@@ -66,10 +75,12 @@ class DataConfig:
     dataset: str = "cluttered-digits"  # 'cluttered-digits' | 'cifar10' | 'cifar100' | 'imagefolder' | 'imagenet' | 'ntu'
     data_dir: str | None = None        # required except for cluttered-digits (ntu: the NTU RGB+D root, see ntu_layout_help)
     split: str = "paper"               # 'paper': seeded stratified train/val | 'authors': first N-val / last val
-    val_size: int = 10000              # validation images taken from the training set (cluttered digits: n_val)
+    val_size: int | None = None        # validation images taken from the training set; None: the data set's default
+                                       # (10,000 for CIFAR and image folders; 0 for ImageNet: the last epoch is tested)
     split_seed: int = 0                # seeds the split (and the Cluttered Digits images)
     normalize: str = "channel"         # 'channel' mean/std of the train split | 'pixel': [0,1] minus per-pixel mean
-    augment: str = "shift-flip"        # 'shift-flip' | 'shift' | 'none' | 'rrc' (random-resized-crop + flip)
+    augment: str | None = None         # 'shift-flip' | 'shift' | 'none' | 'rrc' (random-resized-crop + flip); None: the
+                                       # data set's default (rrc for ImageNet, shift for Cluttered Digits, else shift-flip)
     pad_mode: str = "zeros"            # fill of shifted-in pixels: 'zeros' | 'edge' (authors' nearest edge)
     image_size: int | None = None      # None = native (32 for CIFAR / Cluttered Digits, 224 for imagenet)
     n_train: int = 8000                # Cluttered Digits sizes
@@ -88,9 +99,15 @@ class DataConfig:
     frames_skel: int = 32              # NTU: skeleton frames per sample (MMTM's HCN: 32; at least 16)
     video_dir: str | None = None       # NTU: folder of the videos or frame folders when not inside data_dir
 
-    def check(self) -> DataConfig:
-        "Raise a ValueError/TypeError naming the first bad option and what it may be; return self."
+    def resolved(self) -> DataConfig:
+        "A copy with every `None` option that has a per-dataset default (`DATA_DEFAULTS`) filled in."
         _choice("dataset", self.dataset, DATASETS)
+        fill = {k: v for k, v in DATA_DEFAULTS[self.dataset].items() if getattr(self, k) is None}
+        return replace(self, **fill) if fill else self
+
+    def check(self) -> DataConfig:
+        "Raise a ValueError/TypeError naming the first bad option and what it may be; return the resolved copy."
+        self = self.resolved()
         _choice("split", self.split, SPLITS)
         _choice("normalize", self.normalize, NORMALIZATIONS)
         _choice("augment", self.augment, AUGMENTATIONS)
@@ -634,7 +651,7 @@ def build_data(cfg: DataConfig, batch_size: int, device="cpu", seed: int = 0, sp
                rank: int = 0, world_size: int = 1, eval_batch_size: int | None = None) -> Data:
     "Train/val/test loaders for `cfg` on `device`; the train order and augmentation depend only on (seed, epoch)."
     if not isinstance(cfg, DataConfig): raise TypeError(f"cfg must be a DataConfig, got {type(cfg).__name__}")
-    cfg.check(); _check_run_args(batch_size, seed, rank, world_size, eval_batch_size)
+    cfg = cfg.check(); _check_run_args(batch_size, seed, rank, world_size, eval_batch_size)
     device = torch.device(device)
     if cfg.dataset not in IMAGE_DATASETS:   # registered by another module (NTU RGB+D: ignore_attn.ntu_data)
         return DATA_BUILDERS.lookup(cfg.dataset)[0].build(cfg, batch_size, device, seed, split, rank, world_size, eval_batch_size)
@@ -664,7 +681,8 @@ def build_data(cfg: DataConfig, batch_size: int, device="cpu", seed: int = 0, sp
         loaders = {k: ResidentLoader(x.to(device), y.to(device), sizes[k], mean, std, train=k == "train",
                                      drop_last=cfg.drop_last, **kw) for k, (x, y) in tensors.items()}
     else:
-        eval_crop = "rrc-eval" if cfg.augment == "rrc" else "center"
+        # ImageNet (and any rrc-trained set) is evaluated the standard way: short side to size / 0.875 (256 for 224), centre crop
+        eval_crop = "rrc-eval" if cfg.augment == "rrc" or cfg.dataset == "imagenet" else "center"
         items = {k: ImageItems(x, y, size, "rrc" if (k == "train" and cfg.augment == "rrc") else eval_crop) for k, (x, y) in parts.items()}
         mean, std = norm_stats(_stats_sample(ImageItems(*parts["train"], size, eval_crop), cfg.split_seed), cfg.normalize)
         loaders = {k: WorkerLoader(it, sizes[k], mean, std, device, workers=cfg.workers, train=k == "train",

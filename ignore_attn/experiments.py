@@ -12,12 +12,12 @@ from pathlib import Path
 from .flip import parse_spec, all_specs
 
 # %% auto #0
-__all__ = ['GRID_KEYS', 'META_KEYS', 'RUN_KEYS', 'SWEEPS', 'STATES', 'trainer_keys', 'check_sweep', 'Run', 'spec_slug', 'run_id',
-           'expand', 'check_models', 'merge_runs', 'load_sweep', 'sweep_table', 'run_status', 'stop_orphan',
-           'sweep_status', 'experiment_notebook', 'notebook_for', 'execute_run', 'device_slots', 'run_sweep',
-           'make_train_config', 'options_from_namespace', 'launch_command', 'train_run', 'parse_overrides',
-           'add_sweep_arguments', 'add_placement_arguments', 'placement', 'sweep_runs', 'sweep_main', 'quick_overrides',
-           'add_reproduce_arguments', 'reproduce_main']
+__all__ = ['GRID_KEYS', 'META_KEYS', 'RUN_KEYS', 'SWEEPS', 'PROTOCOL_KEYS', 'STATES', 'trainer_keys', 'check_sweep',
+           'make_train_config', 'resolve_options', 'protocol_table', 'Run', 'spec_slug', 'run_id', 'expand',
+           'check_models', 'merge_runs', 'load_sweep', 'sweep_table', 'run_status', 'stop_orphan', 'sweep_status',
+           'run_parameters', 'experiment_notebook', 'notebook_for', 'execute_run', 'device_slots', 'run_sweep',
+           'launch_command', 'train_run', 'parse_overrides', 'add_sweep_arguments', 'add_placement_arguments',
+           'placement', 'sweep_runs', 'sweep_main', 'quick_overrides', 'add_reproduce_arguments', 'reproduce_main']
 
 # %% ../nbs/10_experiments.ipynb #50eb3fcf
 GRID_KEYS = ("datasets", "archs", "attentions", "seeds")
@@ -80,6 +80,39 @@ def check_sweep(sweep: dict, name: str = "sweep") -> dict:
         if not isinstance(s, int) or isinstance(s, bool): raise ValueError(f"{name}: seeds must be integers, got {s!r}")
     return out
 
+# %% ../nbs/10_experiments.ipynb #7731667a
+def make_train_config(options: dict):
+    "A `TrainConfig` from flat options: data keys go to its `DataConfig`, the rest to the trainer."
+    from ignore_attn.train import TrainConfig
+    from ignore_attn.data import DataConfig
+    data_keys = {f.name for f in fields(DataConfig)}
+    train_keys = {f.name for f in fields(TrainConfig)} - {"data"}
+    unknown = sorted(set(options) - data_keys - train_keys - set(RUN_KEYS))
+    if unknown: raise ValueError(f"unknown trainer option(s) {unknown}; valid: {sorted(data_keys | train_keys)}")
+    data = DataConfig(**{k: v for k, v in options.items() if k in data_keys})
+    return TrainConfig(data=data, **{k: (tuple(v) if isinstance(v, list) else v)
+                                     for k, v in options.items() if k in train_keys})
+
+def resolve_options(options: dict, # flat trainer options: what the sweep and the command line set
+                   ) -> dict: # every trainer option, resolved (presets and data defaults filled in), flat
+    "The complete, checked trainer configuration of a run, as flat options (data keys beside the trainer's)."
+    from ignore_attn.train import config_to_dict, resolve_config
+    run_keys = {k: options[k] for k in RUN_KEYS if k in options}
+    d = config_to_dict(resolve_config(make_train_config({k: v for k, v in options.items() if k not in RUN_KEYS})))
+    data = d.pop("data"); d.pop("out", None)
+    return {**d, **data, **run_keys}
+
+PROTOCOL_KEYS = ("schedule", "epochs", "batch_size", "lr", "decay", "milestones", "gamma", "warmup_epochs",
+                 "weight_decay", "augment", "val_size")
+
+def protocol_table(runs: list) -> "pd.DataFrame":
+    "One row per run: the protocol it will train with (what `ignore-attn sweep NAME --dry-run` prints)."
+    import pandas as pd
+    rows = [{"run_id": r.run_id, **{k: r.options.get(k) for k in PROTOCOL_KEYS}} for r in runs]
+    df = pd.DataFrame(rows, columns=["run_id", *PROTOCOL_KEYS])
+    df["milestones"] = df["milestones"].map(lambda m: ",".join(map(str, m)) if m else "-")
+    return df
+
 # %% ../nbs/10_experiments.ipynb #30c2c5db
 @dataclass(frozen=True)
 class Run:
@@ -99,12 +132,12 @@ def run_id(dataset: str, arch: str, attention: str, seed: int) -> str:
     return f"{dataset}/{arch}/{spec_slug(attention)}/seed{seed}"
 
 def expand(sweep: dict, overrides: dict | None = None, name: str = "sweep") -> list[Run]:
-    "All runs of `sweep` (after `overrides`), in grid order, without duplicates."
+    "All runs of `sweep` (after `overrides`), in grid order, without duplicates; each run's options fully resolved."
     sweep = check_sweep({**sweep, **(overrides or {})}, name)
     common = {k: v for k, v in sweep.items() if k not in GRID_KEYS and k not in META_KEYS}
     runs: dict[str, Run] = {}
     for ds, arch, att, seed in itertools.product(*(sweep[k] for k in GRID_KEYS)):
-        opts = {**common, "dataset": ds, "arch": arch, "attention": str(parse_spec(att)), "seed": seed}
+        opts = resolve_options({**common, "dataset": ds, "arch": arch, "attention": str(parse_spec(att)), "seed": seed})
         r = Run(run_id(ds, arch, att, seed), tuple(sorted(opts.items())))
         if r.run_id in runs and runs[r.run_id] != r:
             raise ValueError(f"{name}: two runs want folder {r.run_id} with different options")
@@ -213,6 +246,16 @@ def sweep_status(runs: list[Run], out: Path) -> "pd.DataFrame":
         rows.append(row)
     return pd.DataFrame(rows, columns=["run_id", "state", "test_top1_err", "wall_time_s"])
 
+# %% ../nbs/10_experiments.ipynb #05017881
+def run_parameters(run: Run, # the run
+                   run_dir: str | Path, # its folder (the notebook's `out`)
+                   device: str | None = None, # the device of the slot it runs in (None: the run's own, 'auto')
+                  ) -> dict: # papermill's parameters: config, out, nproc_per_node
+    "What papermill injects into an experiment notebook: the run's whole resolved config, its folder, its processes."
+    config = {k: v for k, v in run.options.items() if k not in RUN_KEYS}
+    if device is not None: config["device"] = device
+    return {"config": config, "out": str(run_dir), "nproc_per_node": int(run.options.get("nproc_per_node", 1))}
+
 # %% ../nbs/10_experiments.ipynb #af625924
 def experiment_notebook(name: str = "train") -> Path:
     "Path of an experiment notebook `nbs/experiments/<name>.ipynb` of this source checkout."
@@ -241,8 +284,7 @@ def execute_run(run: Run, out: str | Path, notebook: str | Path | None = None, d
     d.mkdir(parents=True, exist_ok=True)
     (d / "error.txt").unlink(missing_ok=True)
     _write_json(d / "running.json", dict(pid=os.getpid(), host=socket.gethostname(), started=time.time()))
-    params = {**run.options, "out": str(d)}
-    if device is not None: params["device"] = device
+    params = run_parameters(run, d, device)
     t0, error, detail = time.time(), None, ""
     try:
         # The executed copy is always train.ipynb, the name the report looks for, whichever notebook ran.
@@ -333,32 +375,22 @@ def run_sweep(runs: list[Run], out: str | Path, jobs: int = 1, gpus: list[int] |
     return status
 
 # %% ../nbs/10_experiments.ipynb #707fe4e8
-def make_train_config(options: dict):
-    "A `TrainConfig` from flat options: data keys go to its `DataConfig`, the rest to the trainer."
-    from ignore_attn.train import TrainConfig
-    from ignore_attn.data import DataConfig
-    data_keys = {f.name for f in fields(DataConfig)}
-    train_keys = {f.name for f in fields(TrainConfig)} - {"data"}
-    unknown = sorted(set(options) - data_keys - train_keys - set(RUN_KEYS))
-    if unknown: raise ValueError(f"unknown trainer option(s) {unknown}; valid: {sorted(data_keys | train_keys)}")
-    data = DataConfig(**{k: v for k, v in options.items() if k in data_keys})
-    return TrainConfig(data=data, **{k: (tuple(v) if isinstance(v, list) else v)
-                                     for k, v in options.items() if k in train_keys})
-
-def options_from_namespace(ns: dict) -> dict:
-    "The trainer options among a notebook's variables (its parameters cell and what papermill injected)."
-    keys = trainer_keys() | {"out"}
-    return {k: v for k, v in ns.items() if k in keys and not k.startswith("_")}
-
 def launch_command(out: str | Path, nproc_per_node: int) -> list[str]:
     "The torchrun command that trains the run whose options are in `<out>/request.json` on `nproc_per_node` GPUs."
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
             "-m", "ignore_attn.experiments", str(Path(out) / "request.json")]
 
-def train_run(options: dict, out: str | Path | None = None, nproc_per_node: int = 1) -> dict:
+def train_run(options: dict, # the run's trainer options (flat, as `resolve_options` returns them)
+              out: str | Path | None = None, # the run folder (None: `options['out']`, or nothing written)
+              nproc_per_node: int = 1, # > 1: train on that many GPUs of this machine through torchrun
+              dry_run: bool = False, # True: check the run, write its config.json and split.json, train nothing
+             ) -> dict: # the run's metrics (metrics.json), or {'status': 'prepared'} for a dry run
     "Train one run (resuming from `out` if it holds this run's checkpoint) and return its metrics."
-    from ignore_attn.train import train
+    from ignore_attn.train import setup_run, train
     options = {**options, **({"out": str(out)} if out is not None else {})}
+    if dry_run:
+        setup_run(make_train_config(options))
+        return {"status": "prepared", "out": options.get("out")}
     lock = Path(options.get("out") or ".") / "running.json"
     if out is not None and lock.exists():  # tell the sweep runner which process trains, so it can stop an orphan
         _write_json(lock, {**_lock(lock.parent), "kernel_pid": os.getpid()})
@@ -437,10 +469,10 @@ def sweep_main(args, extra: list[str]) -> int:
         print(sweep_table().to_string()); return 0
     if not args.sweep: raise ValueError("name a sweep (see `ignore-attn sweep --list`) or a YAML file")
     name, runs = sweep_runs(args.sweep, args.data, parse_overrides(extra))
-    if args.dry_run:
-        st = sweep_status(runs, Path(args.out))
+    if args.dry_run:   # what each run will train with, before any GPU hour is spent
+        table = protocol_table(runs).merge(sweep_status(runs, Path(args.out))[["run_id", "state"]], on="run_id")
         print(f"sweep {name}: {len(runs)} runs under {args.out}")
-        print(st[["run_id", "state"]].to_string(index=False)); return 0
+        print(table.to_string(index=False)); return 0
     status = run_sweep(runs, args.out, **placement(args))
     return 1 if (status.state == "failed").any() else 0
 

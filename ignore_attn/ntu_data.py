@@ -830,7 +830,7 @@ def build_ntu_data(cfg: DataConfig, batch_size: int, device="cpu", seed: int = 0
     "Train/val/test loaders of NTU RGB+D `((rgb, skeleton), y)` batches: protocol split, seeded validation holdout."
     if not isinstance(cfg, DataConfig) or cfg.dataset != "ntu":
         raise ValueError(f"build_ntu_data needs DataConfig(dataset='ntu', ...), got {cfg!r:.80}")
-    cfg.check(); _check_run_args(batch_size, seed, rank, world_size, eval_batch_size)
+    cfg = cfg.check(); _check_run_args(batch_size, seed, rank, world_size, eval_batch_size)
     skeletons, videos = ntu_folders(cfg.data_dir, cfg.video_dir)
     record = _ntu_split(cfg, skeletons, videos, split)
     size = cfg.image_size or NATIVE_SIZE["ntu"]

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 import ignore_attn
 from .flip import parse_spec
+from .attention import INITS
 from .data import DataConfig, build_data
 from .models import authors_l2
 from .registry import get_model, is_ntu_model
@@ -106,6 +107,7 @@ class TrainConfig:
     weight_decay: float | None = None
     decay_bn_bias: bool = True          # False: no weight decay on BN parameters and biases
     l2_mode: str = "paper"              # 'paper': SGD weight decay; 'authors': the model's own L2 coefficients
+    attention_init: str = "authors"     # attention branch init: 'authors' (dense N(0, 0.01), zero bias) | 'torch' (PyTorch's)
     rgb_weights: str | None = None      # NTU models: checkpoint file for the RGB stream (None: from scratch)
     skeleton_weights: str | None = None # NTU models: checkpoint file for the skeleton stream (None: from scratch)
     device: str = "auto"                # 'auto' | 'cpu' | 'cuda' | 'cuda:1' ...
@@ -131,12 +133,13 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     name = _preset_name(cfg)
     filled = {k: (getattr(cfg, k) if getattr(cfg, k) is not None else v) for k, v in PRESETS[name].items()}
     filled["milestones"] = tuple(int(m) for m in filled["milestones"])
-    out = replace(cfg, schedule=name, attention=str(parse_spec(cfg.attention)), **filled)
+    out = replace(cfg, schedule=name, attention=str(parse_spec(cfg.attention)), data=cfg.data.resolved(), **filled)
     make_schedule(out)  # checks lr, epochs, milestones, gamma, warm-up
     late = [m for m in out.milestones if m >= out.epochs]
     if late: warnings.warn(f"milestones {late} lie at or beyond epochs={out.epochs} and never apply; "
                            "pass milestones (--milestones) to move them")
     _check_choice("amp", out.amp, AMP_MODES); _check_choice("l2_mode", out.l2_mode, L2_MODES)
+    _check_choice("attention_init", out.attention_init, INITS)
     for k in ("batch_size", "eval_batch_size"):
         v = getattr(out, k)
         if v is not None and (int(v) != v or v < 1): raise ValueError(f"{k} must be a positive integer, got {v}")
@@ -381,8 +384,9 @@ def _prepare_folder(run: Run, config: dict, split: dict | None, state: str) -> N
                              | ({"pretrained": run.pretrained} if run.pretrained is not None else {}))
 
 def model_options(cfg: TrainConfig) -> dict:
-    "Keyword arguments `get_model` needs from the data: the skeleton frames of an NTU model."
-    return {"frames_skel": cfg.data.frames_skel} if is_ntu_model(cfg.arch) else {}
+    "Keyword arguments of `get_model` from the config: the attention init, and the skeleton frames of an NTU model."
+    if is_ntu_model(cfg.arch): return {"frames_skel": cfg.data.frames_skel, "init": cfg.attention_init}
+    return {"attention_init": cfg.attention_init}
 
 def _check_weight_files(cfg: TrainConfig) -> None:
     "Fail before any data is read when a stream checkpoint is not a file."

@@ -107,7 +107,7 @@ def test_failing_run_is_recorded_and_the_rest_complete(tmp_path):
     # An experiment notebook that raises for seed 1: the sweep goes on, records it, and reports it.
     nb = json.loads((ROOT / "nbs" / "experiments" / "train.ipynb").read_text())
     body = next(c for c in nb["cells"] if c["cell_type"] == "code" and "parameters" not in c["metadata"].get("tags", []))
-    body["source"] = "assert seed != 1, 'this run fails on purpose'\n" + "".join(body["source"])
+    body["source"] = "assert config['seed'] != 1, 'this run fails on purpose'\n" + "".join(body["source"])
     bad_nb = tmp_path / "train_fails.ipynb"
     bad_nb.write_text(json.dumps(nb))
     runs = expand({**TINY, "attentions": ["standard"], "seeds": [0, 1], "epochs": 1}, name="failing")
