@@ -1,8 +1,9 @@
 """Packaging for ignore_attn, driven by settings.ini (nbdev 2 layout).
 
 Runtime: `pip install .`; experiments and report: `pip install ".[experiments]"`;
-NTU RGB+D videos: `pip install ".[ntu]"`; development and tests: `pip install -e ".[dev]"`
-(includes the experiments extra and the video decoder).
+NTU RGB+D videos: `pip install ".[ntu]"`; timm's ResNets with our blocks: `pip install ".[timm]"`;
+TensorBoard logging: `pip install ".[tensorboard]"`; development and tests: `pip install -e ".[dev]"`
+(includes the experiments extra, the video decoder, timm and tensorboard).
 """
 from configparser import ConfigParser
 from pathlib import Path
@@ -45,8 +46,8 @@ setuptools.setup(
     package_data={cfg["lib_name"] + ".assets": ["*"]},
     python_requires=">=" + cfg["min_python"],
     install_requires=reqs("requirements"),
-    extras_require={"experiments": experiments, "ntu": reqs("ntu_requirements"),
-                    "dev": experiments + reqs("dev_requirements")},
+    extras_require={"experiments": experiments, "ntu": reqs("ntu_requirements"), "timm": reqs("timm_requirements"),
+                    "tensorboard": reqs("tensorboard_requirements"), "dev": experiments + reqs("dev_requirements")},
     entry_points={
         "console_scripts": cfg["console_scripts"].split(),
         "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],

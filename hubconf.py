@@ -1,0 +1,118 @@
+"""torch.hub entry points of ignore-attn: the paper's networks with any attention spec.
+
+    import torch
+    model = torch.hub.load("ignore-attn/ignore-attn", "resnet50_cifar", attention="se-ign3", num_classes=10)
+    model = torch.hub.load("ignore-attn/ignore-attn", "resnet50", attention="cbam-ign1(0.5)",
+                           weights="exports/in-r50/model.safetensors")    # your own weights: a file or a URL
+    model = torch.hub.load("ignore-attn/ignore-attn", "from_export", path="exports/my-run")
+
+No weights are published with the library: `weights=None` (the default) gives the authors' initialisation, and
+`weights=` takes a .safetensors or .pt state dict, as a local path or a URL you give (downloaded once into
+torch.hub's cache). Written by hand (not from a notebook): torch.hub reads this file from the repository root;
+every public callable here is an entry point (`torch.hub.list`), so helpers start with an underscore and imports
+stay inside the functions.
+"""
+dependencies = ["torch", "torchvision"]   # what building the models needs; .safetensors files also need safetensors
+
+
+def _load_weights(model, weights, progress: bool):
+    "Load `weights` (a path, or an http(s):// or file:// URL of a .safetensors / .pt file) into `model`."
+    import os
+    from pathlib import Path
+    from urllib.parse import urlparse
+    import torch
+    from ignore_attn.export import load_weights
+    text = str(weights)
+    if urlparse(text).scheme not in ("http", "https", "file"): return load_weights(model, Path(weights).expanduser())
+    name = os.path.basename(urlparse(text).path)
+    if name.endswith(".safetensors"):   # load_state_dict_from_url reads torch files only: download, then read
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / name
+        if not cached.is_file():
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(text, str(cached), progress=progress)
+        return load_weights(model, cached)
+    return load_weights(model, torch.hub.load_state_dict_from_url(text, map_location="cpu", progress=progress,
+                                                                  weights_only=True))
+
+
+def _build(arch: str, num_classes: int, attention: str, weights, progress: bool = True, **kwargs):
+    "get_model(arch, num_classes, attention, **kwargs), then the weights if any are given."
+    from ignore_attn.models import get_model
+    model = get_model(arch, num_classes=num_classes, attention=attention, **kwargs)
+    return model if weights is None else _load_weights(model, weights, progress)
+
+
+_ARGS = """
+    attention: attention spec in every block: 'standard' (none), 'se', 'se-ign1(0.5)', 'se-ign2', 'se-ign3',
+        'cbam', 'cbam-ign1(0.8)', ... (see ignore_attn.flip.SPEC_HELP)
+    num_classes: outputs of the classifier
+    weights: None (fresh, the authors' initialisation) or a .safetensors / .pt state dict: a path or a URL
+    progress: show a progress bar while downloading a URL
+    **kwargs: further options of the model (see ignore_attn.models)
+"""
+
+
+def resnet20_cifar(attention="se-ign3", num_classes=10, weights=None, progress=True, **kwargs):
+    return _build("resnet20-cifar", num_classes, attention, weights, progress, **kwargs)
+
+
+def resnet32_cifar(attention="se-ign3", num_classes=10, weights=None, progress=True, **kwargs):
+    return _build("resnet32-cifar", num_classes, attention, weights, progress, **kwargs)
+
+
+def resnet44_cifar(attention="se-ign3", num_classes=10, weights=None, progress=True, **kwargs):
+    return _build("resnet44-cifar", num_classes, attention, weights, progress, **kwargs)
+
+
+def resnet50_cifar(attention="se-ign3", num_classes=10, weights=None, progress=True, **kwargs):
+    return _build("resnet50-cifar", num_classes, attention, weights, progress, **kwargs)
+
+
+def resnet56_cifar(attention="se-ign3", num_classes=10, weights=None, progress=True, **kwargs):
+    return _build("resnet56-cifar", num_classes, attention, weights, progress, **kwargs)
+
+
+def resnet110_cifar(attention="se-ign3", num_classes=10, weights=None, progress=True, **kwargs):
+    return _build("resnet110-cifar", num_classes, attention, weights, progress, **kwargs)
+
+
+def densenet40_cifar(attention="se-ign3", num_classes=10, weights=None, progress=True, **kwargs):
+    return _build("densenet40-cifar", num_classes, attention, weights, progress, **kwargs)
+
+
+def resnet50(attention="se-ign3", num_classes=1000, weights=None, progress=True, **kwargs):
+    return _build("resnet50", num_classes, attention, weights, progress, **kwargs)
+
+
+def mmtm_fusion(attention="mmtm-ign3", num_classes=60, weights=None, progress=True, **kwargs):
+    return _build("mmtm-fusion", num_classes, attention, weights, progress, **kwargs)
+
+
+def mmtm_fusion_tiny(attention="mmtm-ign3", num_classes=60, weights=None, progress=True, **kwargs):
+    return _build("mmtm-fusion-tiny", num_classes, attention, weights, progress, **kwargs)
+
+
+_DOCS = {
+    resnet20_cifar: "CIFAR ResNet v1 of depth 20 (6n+2, n = 3; 16/32/64 channels), attention on every residual branch.",
+    resnet32_cifar: "CIFAR ResNet v1 of depth 32 (n = 5), attention on every residual branch.",
+    resnet44_cifar: "CIFAR ResNet v1 of depth 44 (n = 7), attention on every residual branch.",
+    resnet50_cifar: "The paper's CIFAR 'ResNet50': ResNet v1 of depth 50 (n = 8), attention on every residual branch.",
+    resnet56_cifar: "CIFAR ResNet v1 of depth 56 (n = 9), attention on every residual branch.",
+    resnet110_cifar: "CIFAR ResNet v1 of depth 110 (n = 18), attention on every residual branch.",
+    densenet40_cifar: "The authors' CIFAR DenseNet-40 (growth 12, bottleneck), attention after every block and transition.",
+    resnet50: "ImageNet ResNet-50 (torchvision's names) with attention in every bottleneck, after bn3.",
+    mmtm_fusion: "NTU RGB+D two-stream model (per-frame ResNet-50 + HCN) fused by MMTM; input (rgb, skeleton). "
+                 "Pass frames_skel= to match the skeleton frames the weights were trained with.",
+    mmtm_fusion_tiny: "The NTU two-stream model at 1/16 width (CPU tests); input (rgb, skeleton).",
+}
+for _fn, _doc in _DOCS.items(): _fn.__doc__ = _doc + "\n" + _ARGS
+
+
+def from_export(path, device="cpu"):
+    """A model exported by `ignore-attn export RUN_DIR` (model.safetensors + config.json), rebuilt and loaded.
+
+    path: the export folder (or its config.json / model.safetensors)
+    device: where the model goes; it comes back in eval mode
+    """
+    from ignore_attn.export import load_exported
+    return load_exported(path, device=device)
