@@ -794,7 +794,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def make_context(args, out: Path, work: Path) -> dict:
     "Sizes and paths of a real or a dry run."
     rel = lambda s: str(s if Path(s).is_absolute() else REPO / s)
-    ctx = {"dry_run": args.dry_run, "fail_stage": args.fail_stage, "work": str(work), "log_dir": str(out / "logs"),
+    ctx = {"dry_run": args.dry_run, "fail_stage": args.fail_stage, "work": str(work),
+           "log_dir": str((out if args.dry_run else work) / "logs"),   # GPU runs: logs beside the work, not in results/
            "pack": rel(args.pack), "unpack_tool": rel(args.unpack_tool), "data_root": args.data_root,
            "compile_all": args.compile_all, "compile_backend": None}
     if args.dry_run:
@@ -851,7 +852,7 @@ def main(argv=None) -> int:
                          "commit": commit["commit"], "dry_run": args.dry_run})
     t0 = time.time()
     rec.write("header", suite_version=SUITE_VERSION, stage=None, **facts, **commit, argv=sys.argv[1:], budget_s=args.budget,
-              stages=stages, caps=ctx["caps"], started=_now(),
+              stages=stages, caps=ctx["caps"], started=_now(), logs=ctx["log_dir"],
               note=("CPU DRY RUN: toy sizes, not GPU results" if args.dry_run else "GPU run"))
     print(f"device suite {run_id}: {facts['gpu']}, torch {facts['torch']}, CUDA {facts['cuda']}, commit "
           f"{(commit['commit'] or '?')[:10]}{' (dirty)' if commit['dirty'] else ''} -> {path}", flush=True)
