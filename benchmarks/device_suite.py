@@ -555,7 +555,7 @@ def stage_throughput(ctx: dict, rec: Records) -> dict:
                     dev = torch.device(args.device)
                     if dev.type == "cuda": torch.backends.cudnn.benchmark = True   # as the trainer sets it, to be fair
                     timer = tt.plain_loop(args, dev, ctx["image_size"], 10, n_images)
-                    settings = PATH_LABELS["plain"]
+                    settings = PATH_LABELS["plain"].replace("x4", f"x{ctx['plain_workers']}")
                 else:
                     rt, data, timer = tt.trainer_loop(args, n_images)
                     settings = (f"amp {rt.amp_dtype or 'off'}, channels_last {rt.channels_last}, compile {rt.compile}, "
@@ -566,7 +566,8 @@ def stage_throughput(ctx: dict, rec: Records) -> dict:
                           traceback=traceback.format_exc(), time_s=time.time() - t0)
                 continue
             if path == "plain": plain = img_s
-            rec.write("result", arch=arch, attention=attention, path=path, label=PATH_LABELS[path], status="ok",
+            label = PATH_LABELS[path].replace("x4", f"x{ctx['plain_workers']}")
+            rec.write("result", arch=arch, attention=attention, path=path, label=label, status="ok",
                       img_per_s=img_s, ratio_to_plain=(img_s / plain) if plain else None, batch=ctx["batch"],
                       steps=ctx["steps"], warmup=ctx["warmup"], settings=settings, time_s=time.time() - t0)
             done += 1

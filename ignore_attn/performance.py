@@ -56,7 +56,7 @@ PATH_ORDER = ["plain", "eager_fp32", "bf16_channels_last", "cuda_graphs", "compi
 
 def _results(records: pd.DataFrame, run_id: str, stage: str) -> pd.DataFrame:
     r = records[(records.record == "result") & (records.run_id == run_id) & (records.stage == stage)]
-    return r[r.get("status", "ok") == "ok"] if "status" in r else r
+    return r[r.status.fillna("ok") == "ok"] if "status" in r else r   # no status: a record that cannot fail (a summary)
 
 def throughput_table(records: pd.DataFrame, # from `read_records`
                      run: dict, # the run's header (`pick_run`)
@@ -103,13 +103,13 @@ def throughput_figure(table: pd.DataFrame, # from `throughput_table`
     fig = Figure(figsize=(9, 1.3 + 0.22 * len(models) * max(1, len(paths))), dpi=100)
     ax = fig.add_subplot()
     h = 0.8 / max(1, len(paths))
-    colors = ["#9e9e9e", "#4c72b0", "#55a868", "#c44e52", "#8172b2", "#937860"]
+    colors = dict(zip(PATH_ORDER, ["#9e9e9e", "#4c72b0", "#55a868", "#c44e52", "#8172b2"]))   # a path keeps its colour
     for j, p in enumerate(paths):
         sub = table[table.path == p].set_index("model")
         ys = [i + (j - (len(paths) - 1) / 2) * h for i, m in enumerate(models) if m in sub.index]
         vals = [sub.img_per_s[m] for m in models if m in sub.index]
         label = sub.label.iloc[0] if len(sub) and isinstance(sub.label.iloc[0], str) else p
-        ax.barh(ys, vals, height=h * 0.9, color=colors[j % len(colors)], label=label)
+        ax.barh(ys, vals, height=h * 0.9, color=colors.get(p, "#937860"), label=label)
         for y, m in zip(ys, [m for m in models if m in sub.index]):
             ax.text(sub.img_per_s[m], y, f" x{sub.x_plain[m]:.2f}", va="center", fontsize=7)
     ax.set_yticks(range(len(models)), models, fontsize=8)
