@@ -52,7 +52,7 @@ def pick_run(records: pd.DataFrame, # from `read_records`
     return None if runs.empty else runs.iloc[0].to_dict()
 
 # %% ../nbs/15_performance.ipynb #37cf7f3f
-PATH_ORDER = ["plain", "eager_fp32", "bf16_channels_last", "cuda_graphs", "compile"]
+PATH_ORDER = ["plain", "eager_fp32", "bf16_channels_last", "cuda_graphs", "compile", "compile_cuda_graphs"]
 
 def _results(records: pd.DataFrame, run_id: str, stage: str) -> pd.DataFrame:
     r = records[(records.record == "result") & (records.run_id == run_id) & (records.stage == stage)]
@@ -103,7 +103,7 @@ def throughput_figure(table: pd.DataFrame, # from `throughput_table`
     fig = Figure(figsize=(9, 1.3 + 0.22 * len(models) * max(1, len(paths))), dpi=100)
     ax = fig.add_subplot()
     h = 0.8 / max(1, len(paths))
-    colors = dict(zip(PATH_ORDER, ["#9e9e9e", "#4c72b0", "#55a868", "#c44e52", "#8172b2"]))   # a path keeps its colour
+    colors = dict(zip(PATH_ORDER, ["#9e9e9e", "#4c72b0", "#55a868", "#c44e52", "#8172b2", "#da8bc3"]))   # a path keeps its colour
     for j, p in enumerate(paths):
         sub = table[table.path == p].set_index("model")
         ys = [i + (j - (len(paths) - 1) / 2) * h for i, m in enumerate(models) if m in sub.index]
