@@ -57,11 +57,14 @@ class Records:
     def write(self, record: str, **fields) -> dict:
         "Append one line: the common fields (run, GPU, torch, CUDA, commit), the record kind, then `fields`."
         line = {**self.common, "record": record, "written": _now(), **fields}
-        text = json.dumps(line, default=_jsonable, allow_nan=True) + "\n"
-        with open(self.path, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            f.write(text); f.flush()
-            fcntl.flock(f, fcntl.LOCK_UN)
+        data = (json.dumps(line, default=_jsonable, allow_nan=True) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:   # one write() of the whole line under a lock: a process killed later never leaves half a line
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            view = memoryview(data)
+            while view: view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)   # closing releases the lock
         return line
 
     def read(self) -> list[dict]:
@@ -69,9 +72,9 @@ class Records:
         if not self.path.exists(): return []
         out = []
         for l in self.path.read_text().splitlines():
-            if l.strip():
-                r = json.loads(l)
-                if r.get("run_id") == self.common["run_id"]: out.append(r)
+            try: r = json.loads(l) if l.strip() else None
+            except json.JSONDecodeError: continue      # cannot happen through write(); never stop the suite for it
+            if r and r.get("run_id") == self.common["run_id"]: out.append(r)
         return out
 
 
