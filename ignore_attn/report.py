@@ -18,8 +18,8 @@ from .analysis import (REPORT_MARKER, TABLES, TABLE_CSS, DATASET_LABELS, METRIC_
 __all__ = ['RUN_FILES', 'SITE_CSS', 'IMAGE_CHECK_JS', 'PAGE', 'ANALYSIS_HELP', 'QUARTO_MODES', 'DEFAULT_QUARTO_YML', 'href',
            'page', 'render_notebook', 'summary_section', 'tables_section', 'figures_section', 'copy_run_files',
            'render_run_notebooks', 'runs_section', 'analysis_notebook', 'run_analysis', 'analysis_caption',
-           'analysis_section', 'quarto_yml', 'build_report', 'local_links', 'missing_links', 'add_report_arguments',
-           'report_main', 'report_command']
+           'analysis_section', 'default_results_dir', 'performance_section', 'quarto_yml', 'build_report',
+           'local_links', 'missing_links', 'add_report_arguments', 'report_main', 'report_command']
 
 # %% ../nbs/12_report.ipynb #a2574056
 RUN_FILES = ("metrics.json", "history.csv", "config.json", "error.txt")
@@ -307,6 +307,32 @@ def analysis_section(out: Path, executed: Path | None, error: str | None) -> str
                                "on Cluttered Digits (the quick sweep).</div>")
     return "\n".join(parts)
 
+# %% ../nbs/12_report.ipynb #e9399351
+def default_results_dir() -> Path:
+    "benchmarks/results of this source checkout (where the device suite writes), whether or not it exists."
+    import ignore_attn
+    return Path(ignore_attn.__file__).resolve().parents[1] / "benchmarks" / "results"
+
+def performance_section(out: Path, # the site folder
+                        results_dir: str | Path | None = None, # the suite's .jsonl files (None: `default_results_dir()`)
+                       ) -> str: # the home page's short section; the full page is written to out/performance.html
+    "Write the Performance page from the device suite's results and return the home page's section linking to it."
+    from ignore_attn.performance import performance_page_data
+    data = performance_page_data(Path(results_dir) if results_dir is not None else default_results_dir())
+    body = [f"<p>{html.escape(data['message'])}</p>"]
+    if data["status"] == "ok":
+        png = save_figure(data["figure"], out / "figures" / "performance.png")
+        body.append(_figure_html(png, out, "training images per second per path, and the ratio to the plain loop"))
+        for key, title in (("throughput", "Images per second per path"), ("packed", "Packed runs on one GPU"),
+                           ("checks", "Fast paths against eager fp32 (5 SGD steps)")):
+            if data[key] is not None and len(data[key]):
+                body.append(f"<h3>{title}</h3>" + '<div class="scroll">' + data[key].to_html(
+                    index=False, float_format=lambda x: f"{x:.3g}", classes="runs", border=0, na_rep="") + "</div>")
+        if data["table1"]: body.append("<h3>Table 1, first cell</h3><pre>" + html.escape(json.dumps(data["table1"], indent=1, default=str)) + "</pre>")
+    (out / "performance.html").write_text(page("Performance of the training paths", "\n".join(body)), encoding="utf-8")
+    return (f"<p>{html.escape(data['message'])}. <a href=\"performance.html\">Performance page</a>: images per second "
+            "of each training path on a GPU, from <code>benchmarks/device_suite.py</code>.</p>")
+
 # %% ../nbs/12_report.ipynb #40f361bb
 QUARTO_MODES = ("auto", "always", "never")
 DEFAULT_QUARTO_YML = """project:
@@ -366,7 +392,7 @@ def _quarto_build(out: Path, sections: list[tuple[str, str, str]], runs: pd.Data
 
 # %% ../nbs/12_report.ipynb #81a4a581
 def build_report(runs_dir, out_dir, paper: pd.DataFrame | None = None, quarto="auto", analysis="auto",
-                 quiet: bool = False) -> Path:
+                 quiet: bool = False, results_dir: str | Path | None = None) -> Path:
     "Build the static report site of the runs under `runs_dir` in `out_dir`; returns the path of its home page."
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     t0 = time.time()
@@ -397,7 +423,8 @@ def build_report(runs_dir, out_dir, paper: pd.DataFrame | None = None, quarto="a
         pages = {r.run_id: out / "runs" / r.run_id / "train.html" for r in runs[runs["has_notebook"].astype(bool)].itertuples()}
     sections = [("summary", "", summary_section(runs, runs_dir, built)), ("tables", "Tables", tables),
                 ("figures", "Figures", figures), ("analysis", "Attention analysis", analysis_section(out, executed, why)),
-                ("runs", "Runs", runs_section(runs, out, pages, files))]
+                ("runs", "Runs", runs_section(runs, out, pages, files)),
+                ("performance", "Performance", performance_section(out, results_dir))]
     home = None
     if use_quarto:
         try: home = _quarto_build(out, sections, runs, log)
@@ -408,7 +435,7 @@ def build_report(runs_dir, out_dir, paper: pd.DataFrame | None = None, quarto="a
             render_run_notebooks(runs, out, log)
             pages = {r.run_id: out / "runs" / r.run_id / "train.html" for r in runs[runs["has_notebook"].astype(bool)].itertuples()}
             if executed is not None: render_notebook(executed, out / "analysis.html", "Attention analysis", "index.html")
-            sections[-1] = ("runs", "Runs", runs_section(runs, out, pages, files))
+            sections[[s[0] for s in sections].index("runs")] = ("runs", "Runs", runs_section(runs, out, pages, files))
     if home is None:
         body = "\n".join((f'<section id="{a}">' + (f"<h2>{html.escape(t)}</h2>" if t else "") + f"\n{b}\n</section>")
                          for a, t, b in sections)
