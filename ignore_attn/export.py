@@ -10,76 +10,13 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['SAFETENSORS_HINT', 'EXPORT_FORMAT', 'EXPORT_VERSION', 'WEIGHTS_NAME', 'CONFIG_NAME', 'read_state_dict',
-           'load_weights', 'export_run', 'read_export', 'load_exported', 'add_export_arguments', 'export_main']
+__all__ = ['EXPORT_FORMAT', 'EXPORT_VERSION', 'WEIGHTS_NAME', 'CONFIG_NAME', 'export_run', 'read_export', 'load_exported',
+           'add_export_arguments', 'export_main']
 
-# %% ../nbs/17_export.ipynb #735409e9
-SAFETENSORS_HINT = "pip install safetensors"   # a dependency of ignore-attn; missing only where it was not installed with it
+# %% ../nbs/17_export.ipynb #7caa7f4e
 EXPORT_FORMAT, EXPORT_VERSION = "ignore-attn-export", 1
 WEIGHTS_NAME, CONFIG_NAME = "model.safetensors", "config.json"
-
-def _safetensors():
-    "The safetensors.torch module, or one ImportError line saying how to install it."
-    try: import safetensors.torch as st
-    except ModuleNotFoundError as e:
-        if e.name is None or e.name.split(".")[0] != "safetensors": raise
-        raise ImportError(f"reading and writing .safetensors files needs safetensors: {SAFETENSORS_HINT}") from None
-    return st
-
-# %% ../nbs/17_export.ipynb #c703136d
-_CONTAINERS = ("model", "state_dict", "model_state_dict")   # where checkpoints keep the weights
-_WRAPPERS = ("module.", "_orig_mod.")                         # prefixes DDP and torch.compile put on every key
-
-def _unwrap(state, where: str) -> dict[str, torch.Tensor]:
-    "The flat {name: tensor} state dict in `state` (itself, or under a checkpoint key), without wrapper prefixes."
-    for key in _CONTAINERS:
-        if isinstance(state, dict) and isinstance(state.get(key), dict): state = state[key]; break
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{where} holds no state dict of tensors (nor one under {', '.join(map(repr, _CONTAINERS))}); "
-                         "save weights with torch.save(model.state_dict(), path) or ignore_attn.export.export_run")
-    for p in _WRAPPERS:
-        if all(k.startswith(p) for k in state): state = {k[len(p):]: v for k, v in state.items()}
-    return state
-
-def read_state_dict(path: str | Path, # a .safetensors file, or a torch file (.pt, .pth, a checkpoint)
-                   ) -> dict[str, torch.Tensor]: # {name: tensor}, on the CPU
-    "The state dict in a .safetensors file or a torch file (plain, or a checkpoint's 'model' / 'state_dict')."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"weights file {path} does not exist; pass a .safetensors or .pt file")
-    if path.suffix == ".safetensors":
-        try: return _safetensors().load_file(str(path), device="cpu")
-        except ImportError: raise
-        except Exception as e:
-            raise ValueError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e}); export it again") from None
-    try: state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a torch weights file ({type(e).__name__}); pass a .safetensors file or one "
-                         "written by torch.save(model.state_dict(), path)") from None
-    return _unwrap(state, str(path))
-
-# %% ../nbs/17_export.ipynb #bc536ae3
-def _fit_problems(model: nn.Module, state: dict) -> list[str]:
-    "What keeps `state` from loading exactly into `model`: missing and unexpected keys, tensors of another shape."
-    own = model.state_dict()
-    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
-    shapes = [f"{k}: {tuple(state[k].shape)} in the weights, {tuple(v.shape)} in the model"
-              for k, v in own.items() if k in state and state[k].shape != v.shape]
-    return [f"{len(items)} {what} ({'; '.join(items[:3])}{'; ...' if len(items) > 3 else ''})"
-            for what, items in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if items]
-
-def load_weights(model: nn.Module,          # the network, built with the weights' arch and options
-                 source: str | Path | dict, # a .safetensors / .pt file, or a state dict (or a checkpoint dict)
-                ) -> nn.Module:             # `model`, now holding exactly the weights' tensors
-    "Load a .safetensors / .pt state dict into `model`; weights that do not fit are refused in one line, nothing changed."
-    where = str(source) if isinstance(source, (str, Path)) else "the state dict"
-    state = read_state_dict(source) if isinstance(source, (str, Path)) else _unwrap(source, where)
-    problems = _fit_problems(model, state)
-    if problems:
-        raise ValueError(f"the weights in {where} do not fit this {type(model).__name__}: {'; '.join(problems)}. Build the "
-                         "model with the arch, num_classes and attention (and model options) the weights were trained "
-                         "with; an export's config.json says which")
-    model.load_state_dict(state, strict=True)
-    return model
+from .registry import _safetensors, load_weights, read_state_dict
 
 # %% ../nbs/17_export.ipynb #9c7a430f
 def _sha256(path: Path) -> str:
