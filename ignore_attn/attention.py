@@ -10,7 +10,7 @@ from typing import Iterator
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .flip import Spec, parse_spec, flip_mask, KINDS
+from .flip import Spec, parse_spec, flip_mask, const_mask, KINDS
 
 # %% auto #0
 __all__ = ['INITS', 'AttentionBlock', 'init_attention_', 'global_avg_pool', 'broadcast_mask', 'SE', 'CBAMChannel', 'CBAMSpatial',
@@ -125,17 +125,20 @@ class SE(AttentionBlock):
         super().__init__(spec)
         _check_init(init)
         self.channels, self.reduction = _check_sizes(channels, reduction)
-        self.fc1 = nn.Linear(self.channels, self.channels // self.reduction)
-        self.fc2 = nn.Linear(self.channels // self.reduction, self.channels)
+        if self.spec.is_const: self.fc1 = self.fc2 = None   # the control has no branch (see "The constant-mask control")
+        else:
+            self.fc1 = nn.Linear(self.channels, self.channels // self.reduction)
+            self.fc2 = nn.Linear(self.channels // self.reduction, self.channels)
         init_attention_(self, init)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         "The branch output z = fc2(relu(fc1(GAP(x)))), shape (N, C), before any sigmoid or flip."
+        if self.fc1 is None: raise ValueError(f"{self.spec} is the constant-mask control: it has no branch and no logits")
         return self.fc2(F.relu(self.fc1(global_avg_pool(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_features(x, self.channels, "SE", f"(N, {self.channels}, *spatial)", min_rank=3)
-        mask = flip_mask(self.logits(x), self.spec)
+        mask = const_mask(x.shape[:2], x) if self.spec.is_const else flip_mask(self.logits(x), self.spec)
         self._remember(mask)
         return x * broadcast_mask(mask, x)
 
@@ -185,15 +188,18 @@ class CBAM(AttentionBlock):
         _check_init(init)
         self.channels, self.reduction = _check_sizes(channels, reduction)
         self.kernel_size = _check_kernel(kernel_size)
-        self.channel = CBAMChannel(self.channels, self.reduction)
-        self.spatial = CBAMSpatial(self.kernel_size)
+        if self.spec.is_const: self.channel = self.spatial = None   # the control: both masks constant, no branches
+        else:
+            self.channel = CBAMChannel(self.channels, self.reduction)
+            self.spatial = CBAMSpatial(self.kernel_size)
         init_attention_(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_features(x, self.channels, "CBAM", f"(N, {self.channels}, H, W)", min_rank=4, max_rank=4)
-        channel_mask = flip_mask(self.channel(x), self.spec)
+        const = self.spec.is_const
+        channel_mask = const_mask(x.shape[:2], x) if const else flip_mask(self.channel(x), self.spec)
         x = x * channel_mask[:, :, None, None]
-        spatial_mask = flip_mask(self.spatial(x), self.spec)
+        spatial_mask = const_mask((x.shape[0], 1, *x.shape[2:]), x) if const else flip_mask(self.spatial(x), self.spec)
         self._remember({"channel": channel_mask, "spatial": spatial_mask})
         return x * spatial_mask
 

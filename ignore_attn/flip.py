@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['KINDS', 'PAPER_FLIPS', 'EXTRA_FLIPS', 'FLIPS', 'SPEC_HELP', 'attend', 't1', 't2', 't3', 't_exp', 't_sigexp', 'Spec',
-           'parse_spec', 'flip_mask', 'all_specs']
+__all__ = ['CONST_MASK', 'KINDS', 'PAPER_FLIPS', 'EXTRA_FLIPS', 'FLIPS', 'CONTROLS', 'CONTROL_KINDS', 'SPEC_HELP', 'attend', 't1',
+           't2', 't3', 't_exp', 't_sigexp', 'const_mask', 'Spec', 'parse_spec', 'flip_mask', 'all_specs']
 
 # %% ../nbs/00_flip.ipynb #ea0f85ea
 def attend(logits: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
@@ -42,23 +42,33 @@ def t_sigexp(logits: torch.Tensor) -> torch.Tensor:
     "Extra, not in the paper: `sigmoid(exp(-relu(logits)))`, an unpublished inversion from the authors' code."
     return torch.sigmoid(torch.exp(-F.relu(logits)))
 
+# %% ../nbs/00_flip.ipynb #8957cbf2
+CONST_MASK = 0.5   # sigma(0): the mask of attention whose branch outputs 0
+
+def const_mask(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    "The `const` control's mask: `CONST_MASK` everywhere, of `shape`, on the dtype and device of `like`, without gradient."
+    return like.new_full(tuple(shape), CONST_MASK)
+
 # %% ../nbs/00_flip.ipynb #9d13f001
 KINDS = ("se", "cbam", "mmtm")
 PAPER_FLIPS = ("ign1", "ign2", "ign3")
 EXTRA_FLIPS = ("exp", "sigexp")  # in the authors' code, not in the paper
 FLIPS = PAPER_FLIPS + EXTRA_FLIPS
+CONTROLS = ("const",)            # not attention: a fixed mask in the block's place (see above)
+CONTROL_KINDS = ("se", "cbam")   # the kinds that have the control
 _ALPHA_FLIPS = (None, "ign1")    # flips that take an alpha
 _SPEC_RE = re.compile(r"^(?P<kind>[a-z]+)(?:-(?P<flip>[a-z0-9]+))?(?:\((?P<alpha>[^()]*)\))?$")
 
 SPEC_HELP = ("valid attention specs: 'standard', or '<kind>[-<flip>][(<alpha>)]' with kind in "
              f"{', '.join(KINDS)} and flip in {', '.join(PAPER_FLIPS)} (paper) or {', '.join(EXTRA_FLIPS)} "
-             "(authors' extras); alpha in [0, 1], only with plain attention or ign1. "
-             "Examples: se, se(0.8), se-ign1(0.5), cbam-ign3, mmtm-ign2")
+             f"(authors' extras), or the control {', '.join(CONTROLS)} (a constant mask 0.5, {' and '.join(CONTROL_KINDS)} only); "
+             "alpha in [0, 1], only with plain attention or ign1. "
+             "Examples: se, se(0.8), se-ign1(0.5), cbam-ign3, mmtm-ign2, se-const")
 
 # %% ../nbs/00_flip.ipynb #845967b9
 @dataclass(frozen=True)
 class Spec:
-    "A parsed attention spec: `kind` (`standard`, `se`, `cbam`, `mmtm`), `flip` (None = attend) and `alpha`."
+    "A parsed attention spec: `kind` (`standard`, `se`, `cbam`, `mmtm`), `flip` (None = attend; or the control `const`) and `alpha`."
     kind: str = "standard"
     flip: str | None = None
     alpha: float = 1.0
@@ -68,8 +78,11 @@ class Spec:
             raise ValueError(f"unknown attention kind {self.kind!r}; {SPEC_HELP}")
         if self.kind == "standard" and (self.flip is not None or self.alpha != 1.0):
             raise ValueError(f"'standard' means no attention and takes no flip or alpha; {SPEC_HELP}")
-        if self.flip is not None and self.flip not in FLIPS:
+        if self.flip is not None and self.flip not in FLIPS + CONTROLS:
             raise ValueError(f"unknown flip {self.flip!r}; {SPEC_HELP}")
+        if self.flip in CONTROLS and self.kind not in CONTROL_KINDS:
+            raise ValueError(f"the const control (a constant mask in a residual branch) exists for "
+                             f"{' and '.join(CONTROL_KINDS)} only, not {self.kind!r}; {SPEC_HELP}")
         if self.flip not in _ALPHA_FLIPS and self.alpha != 1.0:
             raise ValueError(f"alpha is only defined for plain attention and ign1, not {self.flip!r}; {SPEC_HELP}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -82,8 +95,13 @@ class Spec:
 
     @property
     def ignores(self) -> bool:
-        "True when the branch learns what to ignore (any flip)."
-        return self.flip is not None
+        "True when the branch learns what to ignore (any flip; not the const control)."
+        return self.flip in FLIPS
+
+    @property
+    def is_const(self) -> bool:
+        "True for the control `<kind>-const`: a constant mask, no branch."
+        return self.flip in CONTROLS
 
     def __str__(self) -> str:
         if self.is_standard: return "standard"
@@ -111,7 +129,7 @@ def parse_spec(text: str | Spec) -> Spec:
 
 # %% ../nbs/00_flip.ipynb #85f3d10c
 def flip_mask(logits: torch.Tensor, spec: Spec | str) -> torch.Tensor:
-    "Attention mask for branch `logits` under `spec`: attend, or the spec's flip of the ignoring branch."
+    "Attention mask for branch `logits` under `spec`: attend, the spec's flip of the ignoring branch, or the const control."
     spec = parse_spec(spec)
     if spec.is_standard: raise ValueError("spec 'standard' has no attention branch, so no mask")
     if spec.flip is None: return attend(logits, spec.alpha)
@@ -119,11 +137,13 @@ def flip_mask(logits: torch.Tensor, spec: Spec | str) -> torch.Tensor:
     if spec.flip == "ign2": return t2(torch.sigmoid(logits))
     if spec.flip == "ign3": return t3(logits)
     if spec.flip == "exp": return t_exp(logits)
+    if spec.is_const: return const_mask(logits.shape, logits)   # whatever the logits: the control has no branch
     return t_sigexp(logits)
 
 # %% ../nbs/00_flip.ipynb #99374047
-def all_specs(kind: str, extras: bool = False) -> list[str]:
-    "The paper's variants of attention `kind` in table order (plus the authors' extras if asked)."
+def all_specs(kind: str, extras: bool = False, controls: bool = False) -> list[str]:
+    "The paper's variants of attention `kind` in table order (plus the authors' extras, and the const control, if asked)."
     if kind not in KINDS: raise ValueError(f"unknown attention kind {kind!r}; kinds are {', '.join(KINDS)}")
     specs = [kind, f"{kind}-ign1(1.0)", f"{kind}-ign1(0.5)", f"{kind}-ign1(0.8)", f"{kind}-ign2", f"{kind}-ign3"]
-    return specs + ([f"{kind}-{f}" for f in EXTRA_FLIPS] if extras else [])
+    specs += [f"{kind}-{f}" for f in EXTRA_FLIPS] if extras else []
+    return specs + ([f"{kind}-{c}" for c in CONTROLS] if controls and kind in CONTROL_KINDS else [])

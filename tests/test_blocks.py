@@ -205,17 +205,17 @@ def check_forward_backward(block: nn.Module, inputs: tuple[torch.Tensor, ...], d
         assert t.grad is not None and torch.isfinite(t.grad).all()
 
 @settings(max_examples=25, deadline=None)
-@given(flip=st.integers(0, 7), n=st.integers(1, 4), r=st.sampled_from([1, 2, 4, 8, 16]), mult=st.integers(1, 3),
+@given(flip=st.integers(0, 8), n=st.integers(1, 4), r=st.sampled_from([1, 2, 4, 8, 16]), mult=st.integers(1, 3),
        spatial=st.lists(st.integers(1, 5), min_size=1, max_size=3), dtype=FLOAT_DTYPES)
 def test_se_properties(flip, n, r, mult, spatial, dtype):
-    block = SE(r * mult, r, spec=all_specs("se", extras=True)[flip], init="torch").to(dtype)
+    block = SE(r * mult, r, spec=all_specs("se", extras=True, controls=True)[flip], init="torch").to(dtype)
     check_forward_backward(block, (torch.randn(n, r * mult, *spatial, dtype=dtype, requires_grad=True),), dtype)
 
 @settings(max_examples=25, deadline=None)
-@given(flip=st.integers(0, 7), n=st.integers(1, 4), r=st.sampled_from([1, 2, 4, 8]), mult=st.integers(1, 3),
+@given(flip=st.integers(0, 8), n=st.integers(1, 4), r=st.sampled_from([1, 2, 4, 8]), mult=st.integers(1, 3),
        h=st.integers(1, 8), w=st.integers(1, 8), k=st.sampled_from([1, 3, 7]), dtype=FLOAT_DTYPES)
 def test_cbam_properties(flip, n, r, mult, h, w, k, dtype):
-    block = CBAM(r * mult, r, kernel_size=k, spec=all_specs("cbam", extras=True)[flip], init="torch").to(dtype)
+    block = CBAM(r * mult, r, kernel_size=k, spec=all_specs("cbam", extras=True, controls=True)[flip], init="torch").to(dtype)
     check_forward_backward(block, (torch.randn(n, r * mult, h, w, dtype=dtype, requires_grad=True),), dtype)
 
 @settings(max_examples=25, deadline=None)
@@ -228,6 +228,38 @@ def test_mmtm_properties(flip, n, dim_a, dim_b, ratio, axes_a, axes_b, dtype):
     inputs = (torch.randn(n, dim_a, *axes_a, dtype=dtype, requires_grad=True),
               torch.randn(n, dim_b, *axes_b, dtype=dtype, requires_grad=True))
     check_forward_backward(block, inputs, dtype)
+
+# --- The constant-mask control: no branch, no parameters, the residual branch scaled by sigma(0) per mask ---------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind,shape,scale", [("se", (3, 24, 5, 7), 0.5), ("se", (2, 24, 6), 0.5),
+                                              ("cbam", (3, 24, 6, 9), 0.25)])
+def test_const_control_scales_and_records(kind, shape, scale, dtype):
+    block = make_attention(f"{kind}-const", 24, 4).to(dtype)
+    assert list(block.parameters()) == [] and block.state_dict() == {}
+    x = torch.randn(*shape, dtype=dtype, requires_grad=True)
+    with record_masks(block) as rec: y = block(x)
+    torch.testing.assert_close(y, scale * x, rtol=0, atol=0)
+    for m in masks_of(rec[""]):
+        assert m.dtype == dtype and torch.equal(m, torch.full_like(m, 0.5))
+    g = torch.randn_like(x)
+    gx, = torch.autograd.grad(y, x, g)
+    torch.testing.assert_close(gx, scale * g, rtol=0, atol=0)
+
+def test_const_control_is_standard_with_halved_last_bn():
+    "resnet14-cifar with se-const: the standard model's weights, each residual branch's bn2 scaled by 0.5."
+    from ignore_attn.models import get_model
+    torch.manual_seed(3); standard = get_model("resnet14-cifar", 10, "standard").double().eval()
+    torch.manual_seed(3); const = get_model("resnet14-cifar", 10, "se-const").double().eval()
+    assert count_attention(const) == 6 and count_attention(standard) == 0
+    assert sum(p.numel() for p in const.parameters()) == sum(p.numel() for p in standard.parameters())
+    sd = standard.state_dict()
+    assert list(const.state_dict()) == list(sd) and all(torch.equal(v, sd[k]) for k, v in const.state_dict().items())
+    with torch.no_grad():          # BN in eval mode is affine: 0.5 * bn2(z) is bn2 with weight and bias halved
+        for name, m in standard.named_modules():
+            if name.endswith("bn2"): m.weight.mul_(0.5); m.bias.mul_(0.5)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    torch.testing.assert_close(const(x), standard(x), rtol=1e-12, atol=1e-12)
 
 # --- Section 4.4: for ign1(1.0) the branch's gradient flips, the main branch's does not -------------------------
 
