@@ -1,6 +1,6 @@
 """Packaging for ignore_attn, driven by settings.ini (nbdev 2 layout).
 
-Runtime: `pip install .`; experiments and report: `pip install ".[experiments]"`;
+Runtime: `pip install .`; experiments, report and book: `pip install ".[experiments]"`;
 NTU RGB+D videos: `pip install ".[ntu]"`; timm's ResNets with our blocks: `pip install ".[timm]"`;
 TensorBoard logging: `pip install ".[tensorboard]"`; development and tests: `pip install -e ".[dev]"`
 (includes the experiments extra, the video decoder, timm and tensorboard).

@@ -19,7 +19,12 @@ class MMTM(AttentionBlock):
     "Multimodal Transfer Module fusing streams `a` and `b` (any rank >= 2), attending or ignoring according to `spec`."
     kind = "mmtm"
 
-    def __init__(self, dim_a: int, dim_b: int, ratio: float = 4, spec: str | Spec = "mmtm", init: str = "authors"):
+    def __init__(self, dim_a: int, # channels of stream `a`
+                 dim_b: int, # channels of stream `b`
+                 ratio: float = 4, # bottleneck ratio: the joint code has int(2 * (dim_a + dim_b) / ratio) units (MMTM: 4)
+                 spec: str | Spec = "mmtm", # an MMTM spec: 'mmtm', 'mmtm-ign1(0.5)', 'mmtm-ign2', 'mmtm-ign3', ...
+                 init: str = "authors", # 'authors' (dense layers N(0, 0.01), zero bias) or 'torch' (PyTorch's defaults)
+                ):
         super().__init__(spec)
         _check_init(init)
         self.dim_a, self.dim_b = _positive_int("dim_a", dim_a), _positive_int("dim_b", dim_b)
@@ -40,13 +45,17 @@ class MMTM(AttentionBlock):
                              f"use a ratio of at most {2 * dim}")
         return hidden
 
-    def logits(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, a: torch.Tensor, # stream A, (N, dim_a, *axes)
+               b: torch.Tensor, # stream B, (N, dim_b, *axes): the same N
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         "The excitations (E_A, E_B), shapes (N, dim_a) and (N, dim_b), before any sigmoid or flip."
         joint = torch.cat([global_avg_pool(a), global_avg_pool(b)], dim=1)
         z = F.relu(self.fc_squeeze(joint))
         return self.fc_a(z), self.fc_b(z)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, a: torch.Tensor, # stream A, (N, dim_a, *axes)
+                b: torch.Tensor, # stream B, (N, dim_b, *axes): the same N
+               ) -> tuple[torch.Tensor, torch.Tensor]: # both streams, each multiplied by its own mask
         _check_features(a, self.dim_a, "MMTM stream a", f"(N, {self.dim_a}, *axes)", min_rank=2)
         _check_features(b, self.dim_b, "MMTM stream b", f"(N, {self.dim_b}, *axes)", min_rank=2)
         if a.shape[0] != b.shape[0]:

@@ -21,7 +21,9 @@ __all__ = ['CIFAR_RESNET_L2', 'CIFAR_DENSENET_L2', 'IMAGENET_L2', 'BN_EPS_DENSEN
            'AttentiveBasicBlock', 'AttentiveBottleneck', 'add_attention', 'architecture_table', 'count_macs']
 
 # %% ../nbs/04_models.ipynb #802ab79f
-def single_stream_spec(attention: str | Spec, where: str) -> Spec:
+def single_stream_spec(attention: str | Spec, # the spec to parse
+                       where: str, # the model, for the error message
+                      ) -> Spec: # the parsed spec
     "Parse `attention` for a single-stream backbone `where`, refusing MMTM (which fuses two streams)."
     spec = parse_spec(attention)
     if spec.kind == "mmtm":
@@ -32,7 +34,8 @@ def single_stream_spec(attention: str | Spec, where: str) -> Spec:
     return spec
 
 # %% ../nbs/04_models.ipynb #e46134e6
-def modules_outside_attention(model: nn.Module) -> list[nn.Module]:
+def modules_outside_attention(model: nn.Module, # any network
+                             ) -> list[nn.Module]:
     "Every submodule of `model` that is not inside an attention block."
     inside = {id(m) for block in model.modules() if isinstance(block, AttentionBlock) for m in block.modules()}
     return [m for m in model.modules() if id(m) not in inside]
@@ -65,7 +68,8 @@ CIFAR_DENSENET_L2 = L2Recipe(1e-4, 0.0, 0.0, 1e-4, "authors' Keras DenseNet: L2 
 IMAGENET_L2 = L2Recipe(0.0, 0.0, 0.0, 1e-4, "no per-layer L2 recorded: use the paper's weight decay 1e-4 everywhere")
 
 # %% ../nbs/04_models.ipynb #645a316e
-def authors_l2(model: nn.Module) -> dict[str, float]:
+def authors_l2(model: nn.Module, # a model of this module (it carries `l2_recipe`)
+              ) -> dict[str, float]: # {parameter name: λ}, only those penalised
     "Map each parameter name the authors L2-regularised to its Keras coefficient λ (from `model.l2_recipe`)."
     recipe = getattr(model, "l2_recipe", None)
     if not isinstance(recipe, L2Recipe):
@@ -88,11 +92,11 @@ def authors_l2(model: nn.Module) -> dict[str, float]:
 # %% ../nbs/04_models.ipynb #909cbe5f
 class Stage(NamedTuple):
     "One row of an architecture table: the modules of a stage, how many blocks, its layout and where attention sits."
-    name: str
-    modules: tuple[nn.Module, ...]
-    blocks: int
-    layout: str
-    where: str = ""
+    name: str                        # the row's name: 'stem', 'stage1', 'block2', 'fc', ...
+    modules: tuple[nn.Module, ...]   # the modules of the stage; the last one's output is the stage's
+    blocks: int                      # how many blocks the stage repeats
+    layout: str                      # its layers, in words
+    where: str = ""                  # where its attention sits ('' for none)
 
 def _conv3x3(cin: int, cout: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
@@ -102,8 +106,15 @@ class CifarBasicBlock(nn.Module):
     "ResNet v1 basic block: conv-BN-ReLU-conv-BN, attention on that branch, add the shortcut, ReLU."
     where = "residual branch, after conv2-BN, before the addition"
 
-    def __init__(self, cin: int, cout: int, stride: int, spec: Spec, reduction: int = 8,
-                 conv_bias: bool = False, shortcut_bn: bool = False, attention_init: str = "authors"):
+    def __init__(self, cin: int, # input channels
+                 cout: int, # output channels
+                 stride: int, # stride of the first conv (2 halves the map)
+                 spec: Spec, # the parsed attention spec
+                 reduction: int = 8, # attention MLP reduction r
+                 conv_bias: bool = False, # biases on the convs (the authors' Keras default)
+                 shortcut_bn: bool = False, # BN after the projection shortcut (torchvision style)
+                 attention_init: str = "authors", # 'authors' (the authors' initialisation of the attention blocks) or 'torch' (PyTorch's defaults)
+                ):
         super().__init__()
         self.conv1, self.bn1 = _conv3x3(cin, cout, stride, conv_bias), nn.BatchNorm2d(cout)
         self.conv2, self.bn2 = _conv3x3(cout, cout, 1, conv_bias), nn.BatchNorm2d(cout)
@@ -135,9 +146,15 @@ def _check_classes(num_classes: int) -> None:
 # %% ../nbs/04_models.ipynb #3c6f6fea
 class ResNetCifar(nn.Module):
     "ResNet v1 for CIFAR, depth 6n+2: 3x3 stem (16), stages of n basic blocks (16/32/64), GAP, dense."
-    def __init__(self, depth: int = 50, num_classes: int = 10, attention: str | Spec = "standard",
-                 attention_reduction: int = 8, conv_bias: bool = False, shortcut_bn: bool = False,
-                 in_channels: int = 3, attention_init: str = "authors"):
+    def __init__(self, depth: int = 50, # 6n+2: 20, 32, 44, 50 (the paper's 'ResNet50'), 56, 110, ...
+                 num_classes: int = 10, # outputs of the classifier
+                 attention: str | Spec = "standard", # attention spec: 'standard', 'se', 'se-ign3', 'cbam-ign1(0.8)', ... (not MMTM)
+                 attention_reduction: int = 8, # reduction r of the attention MLP (the authors': 8)
+                 conv_bias: bool = False, # biases on the convs, as in the authors' Keras code
+                 shortcut_bn: bool = False, # BN after the projection shortcuts
+                 in_channels: int = 3, # input image channels
+                 attention_init: str = "authors", # 'authors' (the authors' initialisation of the attention blocks) or 'torch' (PyTorch's defaults)
+                ):
         super().__init__()
         n = _cifar_resnet_blocks(depth); _check_classes(num_classes)
         self.depth, self.spec = depth, single_stream_spec(attention, f"resnet{depth}-cifar")
@@ -168,7 +185,11 @@ class ResNetCifar(nn.Module):
 
 @register_model("resnet{depth}-cifar", forms="resnet<6n+2>-cifar for other depths",
                 listed=("resnet20-cifar", "resnet32-cifar", "resnet44-cifar", "resnet50-cifar", "resnet56-cifar", "resnet110-cifar"))
-def resnet_cifar(depth: int = 50, num_classes: int = 10, attention: str | Spec = "standard", **kwargs) -> ResNetCifar:
+def resnet_cifar(depth: int = 50, # 6n+2 (50: the paper's 'ResNet50')
+                 num_classes: int = 10, # outputs of the classifier
+                 attention: str | Spec = "standard", # attention spec: 'standard', 'se', 'se-ign3', 'cbam-ign1(0.8)', ... (not MMTM)
+                 **kwargs, # options of `ResNetCifar`: conv_bias, shortcut_bn, attention_reduction, attention_init
+                ) -> ResNetCifar:
     "The CIFAR ResNet v1 of depth 6n+2 with `attention` on every residual branch (depth 50: the paper's 'ResNet50')."
     return ResNetCifar(depth, num_classes, attention, **kwargs)
 
@@ -180,7 +201,10 @@ def _bn_relu_conv(cin: int, cout: int, k: int) -> nn.Sequential:
 
 class DenseLayer(nn.Module):
     "Pre-activation dense layer: [BN-ReLU-1x1 conv (4k)] -BN-ReLU-3x3 conv (k), concatenated to its input."
-    def __init__(self, cin: int, growth_rate: int, bottleneck: bool = True):
+    def __init__(self, cin: int, # input channels
+                 growth_rate: int, # k: the new maps the layer adds
+                 bottleneck: bool = True, # a 1x1 conv to 4k channels first
+                ):
         super().__init__()
         self.bottleneck = _bn_relu_conv(cin, 4 * growth_rate, 1) if bottleneck else nn.Identity()
         self.conv = _bn_relu_conv(4 * growth_rate if bottleneck else cin, growth_rate, 3)
@@ -197,9 +221,16 @@ def _transition(cin: int, cout: int) -> nn.Sequential:
 # %% ../nbs/04_models.ipynb #47468a2b
 class DenseNetCifar(nn.Module):
     "The authors' CIFAR DenseNet: 3 dense blocks of (depth-4)/3 layers, attention after every block and transition."
-    def __init__(self, depth: int = 40, growth_rate: int = 12, bottleneck: bool = True, reduction: float = 0.0,
-                 num_classes: int = 10, attention: str | Spec = "standard", attention_reduction: int = 8,
-                 in_channels: int = 3, attention_init: str = "authors"):
+    def __init__(self, depth: int = 40, # 3L+4 (40: L = 12 layers per block)
+                 growth_rate: int = 12, # k (the authors': 12)
+                 bottleneck: bool = True, # bottleneck dense layers (the authors': yes)
+                 reduction: float = 0.0, # transition compression in [0, 1) (the authors': 0)
+                 num_classes: int = 10, # outputs of the classifier
+                 attention: str | Spec = "standard", # attention spec: 'standard', 'se', 'se-ign3', 'cbam-ign1(0.8)', ... (not MMTM)
+                 attention_reduction: int = 8, # reduction r of the attention MLP (the authors': 8)
+                 in_channels: int = 3, # input image channels
+                 attention_init: str = "authors", # 'authors' (the authors' initialisation of the attention blocks) or 'torch' (PyTorch's defaults)
+                ):
         super().__init__()
         if not isinstance(depth, int) or depth < 7 or (depth - 4) % 3:
             raise ValueError(f"DenseNet depth must be 3L+4 with L >= 1 layers per block (e.g. 40, 100), got {depth!r}")
@@ -247,8 +278,14 @@ class DenseNetCifar(nn.Module):
                        Stage("fc", (self.fc,), 1, "dense")]
 
 @register_model("densenet{depth}-cifar", listed=("densenet40-cifar",), forms="densenet<3L+4>-cifar")
-def densenet_cifar(depth: int = 40, growth_rate: int = 12, bottleneck: bool = True, reduction: float = 0.0,
-                   num_classes: int = 10, attention: str | Spec = "standard", **kwargs) -> DenseNetCifar:
+def densenet_cifar(depth: int = 40, # 3L+4 (the authors': 40)
+                   growth_rate: int = 12, # k (the authors': 12)
+                   bottleneck: bool = True, # bottleneck dense layers
+                   reduction: float = 0.0, # transition compression in [0, 1)
+                   num_classes: int = 10, # outputs of the classifier
+                   attention: str | Spec = "standard", # attention spec: 'standard', 'se', 'se-ign3', 'cbam-ign1(0.8)', ... (not MMTM)
+                   **kwargs, # options of `DenseNetCifar`: attention_reduction, attention_init, in_channels
+                  ) -> DenseNetCifar:
     "The authors' CIFAR DenseNet (depth 40, growth 12, bottleneck, no compression) with attention after blocks and transitions."
     return DenseNetCifar(depth, growth_rate, bottleneck, reduction, num_classes, attention, **kwargs)
 
@@ -258,8 +295,13 @@ class Bottleneck(nn.Module):
     expansion = 4
     where = "residual branch, after bn3, before the addition"
 
-    def __init__(self, cin: int, planes: int, stride: int, spec: Spec, reduction: int = 8,
-                 attention_init: str = "authors"):
+    def __init__(self, cin: int, # input channels
+                 planes: int, # width of the 3x3 conv; the block outputs 4 * planes
+                 stride: int, # stride of the 3x3 conv
+                 spec: Spec, # the parsed attention spec
+                 reduction: int = 8, # attention MLP reduction r
+                 attention_init: str = "authors", # 'authors' (the authors' initialisation of the attention blocks) or 'torch' (PyTorch's defaults)
+                ):
         super().__init__()
         cout = planes * self.expansion
         self.conv1, self.bn1 = nn.Conv2d(cin, planes, 1, bias=False), nn.BatchNorm2d(planes)
@@ -280,9 +322,13 @@ class Bottleneck(nn.Module):
 # %% ../nbs/04_models.ipynb #7c84635a
 class ResNetImageNet(nn.Module):
     "Bottleneck ResNet for ImageNet with torchvision's parameter names and attention in every bottleneck."
-    def __init__(self, layers: tuple[int, ...] = (3, 4, 6, 3), num_classes: int = 1000,
-                 attention: str | Spec = "standard", attention_reduction: int = 8, in_channels: int = 3,
-                 attention_init: str = "authors"):
+    def __init__(self, layers: tuple[int, ...] = (3, 4, 6, 3), # bottlenecks per stage ((3, 4, 6, 3): ResNet-50)
+                 num_classes: int = 1000, # outputs of the classifier
+                 attention: str | Spec = "standard", # attention spec: 'standard', 'se', 'se-ign3', 'cbam-ign1(0.8)', ... (not MMTM)
+                 attention_reduction: int = 8, # reduction r of the attention MLP (the authors': 8)
+                 in_channels: int = 3, # input image channels
+                 attention_init: str = "authors", # 'authors' (the authors' initialisation of the attention blocks) or 'torch' (PyTorch's defaults)
+                ):
         super().__init__()
         _check_classes(num_classes)
         self.spec = single_stream_spec(attention, "resnet50")
@@ -313,7 +359,10 @@ class ResNetImageNet(nn.Module):
         return rows + [Stage("avgpool", (self.avgpool,), 1, "global average pool"), Stage("fc", (self.fc,), 1, "dense")]
 
 @register_model("resnet50")
-def resnet50(num_classes: int = 1000, attention: str | Spec = "standard", **kwargs) -> ResNetImageNet:
+def resnet50(num_classes: int = 1000, # outputs of the classifier (ImageNet: 1000)
+             attention: str | Spec = "standard", # attention spec: 'standard', 'se', 'se-ign3', 'cbam-ign1(0.8)', ... (not MMTM)
+             **kwargs, # options of `ResNetImageNet`: attention_reduction, attention_init, in_channels
+            ) -> ResNetImageNet:
     "ImageNet ResNet-50 with `attention` in every bottleneck; loads torchvision `resnet50` weights (strict=False)."
     return ResNetImageNet((3, 4, 6, 3), num_classes, attention, **kwargs)
 
@@ -335,7 +384,11 @@ class AttentiveBottleneck(_TVBottleneck):
 # %% ../nbs/04_models.ipynb #45018248
 _ATTENTIVE = {_TVBasicBlock: (AttentiveBasicBlock, "bn2"), _TVBottleneck: (AttentiveBottleneck, "bn3")}
 
-def add_attention(model: nn.Module, spec: str | Spec, reduction: int = 8, init: str = "authors") -> nn.Module:
+def add_attention(model: nn.Module, # a torchvision ResNet (resnet18 ... resnet152, wide, resnext), changed in place
+                  spec: str | Spec, # attention spec: 'standard', 'se', 'se-ign3', 'cbam-ign1(0.8)', ... (not MMTM)
+                  reduction: int = 8, # reduction r of the attention MLP
+                  init: str = "authors", # 'authors' (the authors' initialisation of the attention blocks) or 'torch' (PyTorch's defaults)
+                 ) -> nn.Module: # `model`, with attention
     "Put `spec` attention on the residual branch of every torchvision BasicBlock/Bottleneck of `model`, in place."
     spec = single_stream_spec(spec, "add_attention (torchvision ResNet)")
     if any(isinstance(m, (AttentiveBasicBlock, AttentiveBottleneck)) for m in model.modules()):
@@ -354,7 +407,9 @@ def add_attention(model: nn.Module, spec: str | Spec, reduction: int = 8, init: 
     return model
 
 # %% ../nbs/04_models.ipynb #c9a4d38a
-def architecture_table(model: nn.Module, image_size: int = 32):
+def architecture_table(model: nn.Module, # a model of this module (it has `stages()`)
+                       image_size: int = 32, # side of the square test image
+                      ): # one row per stage
     "A pandas table of `model.stages()`: output size, channels, blocks, attention modules and where they sit, params."
     import pandas as pd
     if not hasattr(model, "stages"):
@@ -385,7 +440,9 @@ def _in_channels(model: nn.Module) -> int:
     return next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
 
 # %% ../nbs/04_models.ipynb #84665cfc
-def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) -> dict[str, int]:
+def count_macs(model: nn.Module, # any network of Conv2d and Linear layers
+               input_size: tuple[int, int, int] = (3, 32, 32), # (C, H, W) of one image
+              ) -> dict[str, int]:
     "Multiply-adds of every Conv2d and Linear for one image of `input_size`, split into backbone and attention."
     inside = {id(m) for block in model.modules() if isinstance(block, AttentionBlock) for m in block.modules()}
     macs = {"backbone": 0, "attention": 0}

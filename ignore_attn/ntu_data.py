@@ -118,7 +118,9 @@ class SkeletonFile:
                 "joint_states": np.array([b.joint_states for b in bodies], dtype=np.int64).reshape(-1, NUM_JOINTS)}
 
     @classmethod
-    def from_arrays(cls, arrays, path: str = "") -> SkeletonFile:
+    def from_arrays(cls, arrays, # the dict `to_arrays` returned (or an npz file's arrays)
+                    path: str = "", # where the file came from, for messages
+                   ) -> SkeletonFile:
         "Rebuild a SkeletonFile from `to_arrays` output."
         ints, lean, joints, states = (np.asarray(arrays[k]) for k in ("ints", "lean", "joints", "joint_states"))
         bodies = [Body(*(int(v) for v in i[:7]), float(l[0]), float(l[1]), int(i[7]), j, s)
@@ -207,7 +209,9 @@ def _parse_body(lines: _Lines, where: str) -> Body:
         states[j] = lines.integer(tokens[11], f"joint {j + 1} tracking state", lineno)
     return Body(*ints[:7], lean_x, lean_y, ints[7], joints, states)
 
-def parse_skeleton(text: str, source: str = "<text>") -> SkeletonFile:
+def parse_skeleton(text: str, # the whole text of a `.skeleton` file
+                   source: str = "<text>", # its name, for the error messages
+                  ) -> SkeletonFile:
     "Parse the text of a `.skeleton` file; errors name `source` and the 1-based line."
     lines = _Lines(text, source)
     frames = []
@@ -217,7 +221,8 @@ def parse_skeleton(text: str, source: str = "<text>") -> SkeletonFile:
     lines.expect_end(f"the {len(frames)} frames announced on line 1")
     return SkeletonFile(frames, source)
 
-def read_skeleton(path: str | os.PathLike) -> SkeletonFile:
+def read_skeleton(path: str | os.PathLike, # a `.skeleton` file
+                 ) -> SkeletonFile:
     "Read an NTU RGB+D `.skeleton` file: every field of every body of every frame."
     path = Path(path)
     if not path.is_file():
@@ -230,7 +235,8 @@ def _f32(value) -> str:
     "Shortest decimal that reads back to the same float32."
     return np.format_float_positional(np.float32(value), unique=True, trim="-")
 
-def format_skeleton(sk: SkeletonFile) -> str:
+def format_skeleton(sk: SkeletonFile, # a parsed skeleton file
+                   ) -> str: # the file's text
     "The `.skeleton` text of `sk` (the exact NTU RGB+D layout, `\\n` line ends)."
     out = [str(sk.n_frames)]
     for bodies in sk.frames:
@@ -242,7 +248,9 @@ def format_skeleton(sk: SkeletonFile) -> str:
             out.extend(" ".join(_f32(v) for v in row) + f" {int(state)}" for row, state in zip(b.joints, b.joint_states))
     return "\n".join(out) + "\n"
 
-def write_skeleton(path: str | os.PathLike, sk: SkeletonFile) -> Path:
+def write_skeleton(path: str | os.PathLike, # the file to write
+                   sk: SkeletonFile, # a parsed skeleton file
+                  ) -> Path:
     "Write `sk` as a `.skeleton` file at `path`."
     path = Path(path)
     path.write_text(format_skeleton(sk), encoding="utf-8")
@@ -258,8 +266,12 @@ _TEMPLATE = np.array([  # (25, 3): x, y, z in metres relative to the spine base,
 _RIGHT_ARM = [9, 10, 11, 23, 24]          # right elbow, wrist, hand, hand tip, thumb
 FIRST_TRACKING_ID = 72057594037931101     # the size of id Kinect v2 hands out
 
-def synthetic_body(t: float, tracking_id: int = FIRST_TRACKING_ID, center: Sequence[float] = (0.0, 0.0, 3.0),
-                   wave: float = 0.2, stretch: Sequence[float] = (1.0, 1.0)) -> Body:
+def synthetic_body(t: float, # time in seconds (the arm waves at 1 Hz)
+                   tracking_id: int = FIRST_TRACKING_ID, # the body's 64-bit tracking id
+                   center: Sequence[float] = (0.0, 0.0, 3.0), # (x, y, z) of the spine base, metres in camera space
+                   wave: float = 0.2, # amplitude of the right arm's wave, metres
+                   stretch: Sequence[float] = (1.0, 1.0), # scale of the pose in x and y (a wide, flat 'body' is noise)
+                  ) -> Body:
     "A plausible Kinect v2 body at time `t` (s): template pose at `center`, right arm waving `wave` m at 1 Hz."
     xyz = _TEMPLATE * np.array([stretch[0], stretch[1], 1.0])
     phase = 2 * np.pi * t
@@ -274,8 +286,12 @@ def synthetic_body(t: float, tracking_id: int = FIRST_TRACKING_ID, center: Seque
 
 NOISE_TRACKING_ID = FIRST_TRACKING_ID + 999
 
-def synthetic_skeleton(n_frames: int = 48, waves: Sequence[float] = (0.3,), empty_frames: Iterable[int] = (),
-                       noise_frames: Iterable[int] = (), fps: float = 30.0) -> SkeletonFile:
+def synthetic_skeleton(n_frames: int = 48, # frames of the recording
+                       waves: Sequence[float] = (0.3,), # one body per entry: its arm-wave amplitude, metres
+                       empty_frames: Iterable[int] = (), # frames with nobody
+                       noise_frames: Iterable[int] = (), # frames with a noise body listed first
+                       fps: float = 30.0, # frames per second
+                      ) -> SkeletonFile:
     "A recording with one body per `waves` entry (arm-wave amplitude, m), nobody in `empty_frames`, a noise body in `noise_frames`."
     empty, noise = set(empty_frames), set(noise_frames)
     frames = []
@@ -293,11 +309,11 @@ _SAMPLE_RE = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
 
 class SampleName(NamedTuple):
     "The five numbers in an NTU RGB+D sample name `SsssCcccPpppRrrrAaaa`."
-    setup: int
-    camera: int
-    performer: int
-    replication: int
-    action: int
+    setup: int         # S: the recording setup (NTU RGB+D 60: 1-17)
+    camera: int        # C: the camera (1-3)
+    performer: int     # P: the subject (1-40)
+    replication: int   # R: first or second take (1-2)
+    action: int        # A: the action class, 1-based (NTU RGB+D 60: 1-60)
 
     @property
     def label(self) -> int:
@@ -308,7 +324,8 @@ class SampleName(NamedTuple):
         return (f"S{self.setup:03d}C{self.camera:03d}P{self.performer:03d}"
                 f"R{self.replication:03d}A{self.action:03d}")
 
-def parse_sample_name(name: str | os.PathLike | SampleName) -> SampleName:
+def parse_sample_name(name: str | os.PathLike | SampleName, # a name such as 'S001C002P003R002A013', a file name or path starting with one
+                     ) -> SampleName:
     "Parse `S001C002P003R002A013` (or a file name or path that starts with it, e.g. `..._rgb.avi`)."
     if isinstance(name, SampleName): return name
     if not isinstance(name, (str, os.PathLike)):
@@ -337,7 +354,9 @@ XSUB_TRAIN_SUBJECTS = frozenset({1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 2
 XVIEW_TRAIN_CAMERAS = frozenset({2, 3})
 PROTOCOLS = ("xsub", "xview")
 
-def is_train_sample(name: str | SampleName, protocol: str = "xsub") -> bool:
+def is_train_sample(name: str | SampleName, # a sample name
+                    protocol: str = "xsub", # 'xsub' (cross-subject) or 'xview' (cross-view)
+                   ) -> bool:
     "True when sample `name` is in the training part of `protocol` ('xsub' or 'xview')."
     s = parse_sample_name(name)
     if protocol == "xsub": return s.performer in XSUB_TRAIN_SUBJECTS
@@ -362,12 +381,16 @@ class SplitReport:
 
 class Split(NamedTuple):
     "Train and test sample names of a protocol, and the report of what was left out."
-    train: list[str]
-    test: list[str]
-    report: SplitReport
+    train: list[str]      # training sample names
+    test: list[str]       # test sample names
+    report: SplitReport   # what was left out and why
 
-def split_samples(names: Iterable[str], protocol: str = "xsub", available: Iterable[str] | None = None,
-                  excluded: Iterable[str] = EXCLUDED, warn: bool = True) -> Split:
+def split_samples(names: Iterable[str], # the sample names to split (each once)
+                  protocol: str = "xsub", # 'xsub' (cross-subject) or 'xview' (cross-view)
+                  available: Iterable[str] | None = None, # names present on disk (e.g. `find_samples(video_folder)`); None: all are
+                  excluded: Iterable[str] = EXCLUDED, # names to leave out (default: the 302 with bad skeletons)
+                  warn: bool = True, # warn with the report when samples are left out
+                 ) -> Split:
     "Split sample `names` by `protocol`, leaving out (and reporting) `excluded` ones and those not in `available`."
     is_train_sample("S001C001P001R001A001", protocol)                  # refuses an unknown protocol early
     names = [str(parse_sample_name(n)) for n in names]
@@ -387,7 +410,8 @@ def split_samples(names: Iterable[str], protocol: str = "xsub", available: Itera
     if warn and (left_out or missing): warnings.warn(f"split_samples {report}", stacklevel=2)
     return Split(train, test, report)
 
-def find_samples(folder: str | os.PathLike) -> list[str]:
+def find_samples(folder: str | os.PathLike, # a skeleton or video folder
+                ) -> list[str]: # sorted sample names
     "Names of the samples in `folder`: `.skeleton` files, `.avi` videos, or frame folders named after samples."
     folder = Path(folder)
     if not folder.is_dir(): raise FileNotFoundError(f"{folder} is not a folder; pass the NTU skeleton or video folder")
@@ -397,7 +421,10 @@ def find_samples(folder: str | os.PathLike) -> list[str]:
         if m and (p.is_dir() or p.suffix.lower() in (".skeleton", ".avi")): names.add(m.group(0))
     return sorted(names)
 
-def holdout(names: Sequence[str], fraction: float = 0.05, seed: int = 0) -> tuple[list[str], list[str]]:
+def holdout(names: Sequence[str], # the training sample names
+            fraction: float = 0.05, # share held out for validation
+            seed: int = 0, # seeds the choice
+           ) -> tuple[list[str], list[str]]: # (train, validation) names
     "Split training `names` into (train, validation) at random with a fixed `seed`: the model is selected on validation."
     if not 0 < fraction < 1: raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
     order = np.random.default_rng(seed).permutation(len(names))
@@ -413,7 +440,8 @@ class Track:
     frames: np.ndarray   # (n,) frame indices, increasing
     joints: np.ndarray   # (n, 25, 11) float32
 
-def body_tracks(sk: SkeletonFile) -> list[Track]:
+def body_tracks(sk: SkeletonFile, # a parsed skeleton file
+               ) -> list[Track]:
     "The bodies of `sk` grouped by tracking id, in order of first appearance."
     seen: dict[int, tuple[list[int], list[np.ndarray]]] = {}
     for f, bodies in enumerate(sk.frames):
@@ -427,8 +455,11 @@ NOISE_MIN_FRAMES = 11           # a track seen in <= 11 frames is noise
 NOISE_SPREAD_RATIO = 0.8        # a frame is "wide" when x spread > 0.8 * y spread
 NOISE_WIDE_FRACTION = 0.69754   # a track that is wide in more than this fraction of its frames is noise
 
-def noise_reason(track: Track, min_frames: int = NOISE_MIN_FRAMES, spread_ratio: float = NOISE_SPREAD_RATIO,
-                 wide_fraction: float = NOISE_WIDE_FRACTION) -> str | None:
+def noise_reason(track: Track, # one body's track
+                 min_frames: int = NOISE_MIN_FRAMES, # tracks seen in fewer frames are noise
+                 spread_ratio: float = NOISE_SPREAD_RATIO, # a track whose x spread exceeds this times its y spread is noise (wider than tall)
+                 wide_fraction: float = NOISE_WIDE_FRACTION, # ... in at least this share of its frames
+                ) -> str | None: # why it is noise, or None for a person
     "Why `track` looks like noise rather than a person (too short, or wider than tall), or None."
     if len(track.frames) <= min_frames:
         return f"tracked in only {len(track.frames)} frames (<= {min_frames})"
@@ -439,11 +470,15 @@ def noise_reason(track: Track, min_frames: int = NOISE_MIN_FRAMES, spread_ratio:
         return f"wider than tall (x spread > {spread_ratio} y spread) in {wide:.0%} of its frames"
     return None
 
-def motion_score(track: Track) -> float:
+def motion_score(track: Track, # one body's track
+                ) -> float:
     "The dataset authors' main-actor score: variance of joint x, y, z over the track's frames and joints, summed."
     return float(track.joints[:, :, :3].reshape(-1, 3).astype(np.float64).var(axis=0).sum())
 
-def select_tracks(sk: SkeletonFile, max_bodies: int = 2, denoise: bool = True) -> list[Track]:
+def select_tracks(sk: SkeletonFile, # a parsed skeleton file
+                  max_bodies: int = 2, # bodies to keep (NTU: 2)
+                  denoise: bool = True, # drop tracks `noise_reason` calls noise first
+                 ) -> list[Track]:
     "Up to `max_bodies` tracks of `sk`, noise dropped (if `denoise`), highest `motion_score` first."
     tracks = body_tracks(sk)
     if denoise and len(tracks) > 1:
@@ -451,13 +486,19 @@ def select_tracks(sk: SkeletonFile, max_bodies: int = 2, denoise: bool = True) -
         tracks = people or tracks     # every track looked like noise: keep them rather than return nothing
     return sorted(tracks, key=motion_score, reverse=True)[:max_bodies]
 
-def resample_indices(n_frames: int, frames: int) -> np.ndarray:
+def resample_indices(n_frames: int, # frames the recording has
+                     frames: int, # frames wanted
+                    ) -> np.ndarray:
     "Indices of `frames` frames spread uniformly over `n_frames` (nearest frame to an even grid, ends included)."
     if n_frames < 1 or frames < 1:
         raise ValueError(f"need at least one frame to sample from and to, got n_frames={n_frames}, frames={frames}")
     return np.round(np.linspace(0, n_frames - 1, frames)).astype(np.int64)
 
-def skeleton_tensor(sk: SkeletonFile, frames: int = 32, max_bodies: int = 2, denoise: bool = True) -> np.ndarray:
+def skeleton_tensor(sk: SkeletonFile, # a parsed skeleton file
+                    frames: int = 32, # frames T of the output (resampled)
+                    max_bodies: int = 2, # person slots M
+                    denoise: bool = True, # drop noise bodies before choosing the main actor
+                   ) -> np.ndarray: # float32 (3, T, 25, M)
     "The (3, T, 25, M) float32 camera-space x, y, z tensor of `sk`: main actor in slot 0, absent bodies zero."
     full = np.zeros((3, max(sk.n_frames, 1), NUM_JOINTS, max_bodies), dtype=np.float32)
     for slot, track in enumerate(select_tracks(sk, max_bodies, denoise)):
@@ -465,14 +506,18 @@ def skeleton_tensor(sk: SkeletonFile, frames: int = 32, max_bodies: int = 2, den
     return full[:, resample_indices(max(sk.n_frames, 1), frames)]
 
 # %% ../nbs/07_ntu_data.ipynb #cf18b879
-def skeleton_cache_path(path: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
+def skeleton_cache_path(path: str | os.PathLike, # a `.skeleton` file
+                        cache_dir: str | os.PathLike, # the cache folder
+                       ) -> Path:
     "Where `load_skeleton` caches the parsed `path`: keyed by its absolute path, modification time and size."
     path = Path(path).resolve()
     stat = path.stat()
     key = hashlib.sha1(f"{path}|{stat.st_mtime_ns}|{stat.st_size}".encode()).hexdigest()[:16]
     return Path(cache_dir) / f"{path.stem}.{key}.npz"
 
-def load_skeleton(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> SkeletonFile:
+def load_skeleton(path: str | os.PathLike, # a `.skeleton` file
+                  cache_dir: str | os.PathLike | None = None, # a folder for parsed copies; None: parse every time
+                 ) -> SkeletonFile:
     "`read_skeleton(path)`, parsed once: with a `cache_dir`, later calls load the cached arrays."
     path = Path(path)
     if cache_dir is None: return read_skeleton(path)
@@ -488,8 +533,13 @@ def load_skeleton(path: str | os.PathLike, cache_dir: str | os.PathLike | None =
     return sk
 
 # %% ../nbs/07_ntu_data.ipynb #6a0ffc5b
-def actor_box(sk: SkeletonFile, margin: float = 0.1, max_bodies: int = 2, square: bool = True,
-              frame_size: tuple[int, int] = COLOR_FRAME_SIZE, denoise: bool = True) -> tuple[float, float, float, float] | None:
+def actor_box(sk: SkeletonFile, # a parsed skeleton file
+              margin: float = 0.1, # added on each side, as a share of the box
+              max_bodies: int = 2, # bodies the box covers
+              square: bool = True, # grow the box to a square
+              frame_size: tuple[int, int] = COLOR_FRAME_SIZE, # (width, height) of the colour frames the box is clipped to
+              denoise: bool = True, # leave noise bodies out
+             ) -> tuple[float, float, float, float] | None:
     "Box (x0, y0, x1, y1) in colour pixels around the selected bodies' joints over all frames, or None if none is seen."
     tracks = select_tracks(sk, max_bodies, denoise)
     if not tracks: return None
@@ -541,7 +591,8 @@ def _open_video(path: Path):
         raise ValueError(f"{path} has no video stream; pass the sample's _rgb.avi file or its frames folder")
     return container
 
-def video_frame_count(path: str | os.PathLike) -> int:
+def video_frame_count(path: str | os.PathLike, # a video file or a folder of frames
+                     ) -> int:
     "Number of frames of a video file (container header, else counted packets) or of a frame folder."
     path = Path(path)
     if path.is_dir(): return len(_frame_files(path))
@@ -581,9 +632,12 @@ def _crop_resize(img: Image.Image, box, box_frame_size: tuple[int, int], size) -
         if img.size != (w, h): img = img.resize((w, h), Image.BILINEAR)
     return img
 
-def read_video_frames(path: str | os.PathLike, frames: int = 8, size: int | Sequence[int] | None = None,
-                      crop_box: Sequence[float] | None = None,
-                      box_frame_size: tuple[int, int] = COLOR_FRAME_SIZE) -> torch.Tensor:
+def read_video_frames(path: str | os.PathLike, # a video file or a folder of frames (sorted by name)
+                      frames: int = 8, # frames T to sample uniformly
+                      size: int | Sequence[int] | None = None, # resize to (H, W) (an int: square); None: keep the size
+                      crop_box: Sequence[float] | None = None, # (x0, y0, x1, y1) to crop first, in `box_frame_size` pixels
+                      box_frame_size: tuple[int, int] = COLOR_FRAME_SIZE, # (width, height) the crop box is given in; scaled to the frames' own size
+                     ) -> torch.Tensor: # uint8 (3, T, H, W)
     "`frames` uniformly sampled frames of a video or frame folder, cropped to `crop_box` and resized: uint8 (3, T, H, W)."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"video {path} does not exist; check the video folder and sample name")
@@ -607,7 +661,11 @@ def read_video_frames(path: str | os.PathLike, frames: int = 8, size: int | Sequ
                      for i in indices])
     return torch.from_numpy(clip).permute(3, 0, 1, 2).contiguous()
 
-def write_video(path: str | os.PathLike, clip: torch.Tensor | np.ndarray, fps: int = 30, codec: str = "mpeg4") -> Path:
+def write_video(path: str | os.PathLike, # the video file to write
+                clip: torch.Tensor | np.ndarray, # uint8 (3, T, H, W) with even H and W
+                fps: int = 30, # frames per second
+                codec: str = "mpeg4", # a PyAV codec ('mpeg4': near-lossless, for tests)
+               ) -> Path:
     "Write a uint8 clip (3, T, H, W) as a video with PyAV (H and W even): for tests and tiny synthetic datasets."
     av = _require_av()
     clip = torch.as_tensor(clip)
@@ -629,7 +687,11 @@ def write_video(path: str | os.PathLike, clip: torch.Tensor | np.ndarray, fps: i
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-def crop_clip(clip: torch.Tensor, size: int | Sequence[int], train: bool, flip: bool = True) -> torch.Tensor:
+def crop_clip(clip: torch.Tensor, # (C, T, H, W)
+              size: int | Sequence[int], # the crop (an int: square)
+              train: bool, # a random crop (and mirror) if True, the centre if not
+              flip: bool = True, # with `train`: mirror half the clips
+             ) -> torch.Tensor: # (C, T, h, w), every frame cut the same way
     "Crop a clip (C, T, H, W) to `size`: one random crop and mirror for all frames when `train`, the centre otherwise."
     h, w = _size_pair(size)
     height, width = clip.shape[-2:]
@@ -643,14 +705,19 @@ def crop_clip(clip: torch.Tensor, size: int | Sequence[int], train: bool, flip: 
     if train and flip and bool(torch.rand(()) < 0.5): clip = clip.flip(-1)
     return clip
 
-def normalize_clip(clip: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def normalize_clip(clip: torch.Tensor, # uint8 (3, T, H, W)
+                   mean: Sequence[float] = IMAGENET_MEAN, # per-channel mean (ImageNet's)
+                   std: Sequence[float] = IMAGENET_STD, # per-channel standard deviation (ImageNet's)
+                  ) -> torch.Tensor:
     "uint8 clip (3, T, H, W) to float32 in [0, 1], then standardised per channel."
     mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1)
     std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
     return (clip.float() / 255 - mean) / std
 
 # %% ../nbs/07_ntu_data.ipynb #1521b7ea
-def find_video(video_root: str | os.PathLike, name: str) -> Path | None:
+def find_video(video_root: str | os.PathLike, # the video folder
+               name: str, # a sample name
+              ) -> Path | None:
     "The video of sample `name` under `video_root`: `<name>_rgb.avi`, `<name>.avi`, or a frame folder `<name>[_rgb]`."
     root = Path(video_root)
     for candidate in (f"{name}_rgb.avi", f"{name}.avi"):
@@ -661,12 +728,25 @@ def find_video(video_root: str | os.PathLike, name: str) -> Path | None:
 
 class NTUDataset(torch.utils.data.Dataset):
     "NTU RGB+D samples as `((rgb (3, T, H, W), skeleton (3, T, 25, M)), label)`: the two inputs of `MMTMFusionNet`."
-    def __init__(self, skeleton_root: str | os.PathLike, video_root: str | os.PathLike, names: Iterable[str],
-                 frames_rgb: int = 8, frames_skel: int = 32, train: bool = False, size: int | Sequence[int] = 224,
-                 resize: int | Sequence[int] = 256, crop_actor: bool = True, margin: float = 0.1, flip: bool = True,
-                 max_bodies: int = 2, denoise: bool = True, cache_dir: str | os.PathLike | None = None,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 box_frame_size: tuple[int, int] = COLOR_FRAME_SIZE, num_classes: int = 60):
+    def __init__(self, skeleton_root: str | os.PathLike, # folder of the `.skeleton` files
+                 video_root: str | os.PathLike, # folder of the `_rgb.avi` videos or frame folders
+                 names: Iterable[str], # the samples, e.g. a split's train names
+                 frames_rgb: int = 8, # RGB frames per clip (MMTM: 8)
+                 frames_skel: int = 32, # skeleton frames (MMTM's HCN: 32)
+                 train: bool = False, # random crop and mirror (else the centre crop)
+                 size: int | Sequence[int] = 224, # crop size (MMTM: 224)
+                 resize: int | Sequence[int] = 256, # frames resized to this before the crop (256)
+                 crop_actor: bool = True, # crop around the actor's colour-space joints first
+                 margin: float = 0.1, # margin of the actor box
+                 flip: bool = True, # with `train`: mirror half the clips
+                 max_bodies: int = 2, # person slots of the skeleton tensor
+                 denoise: bool = True, # drop noise bodies
+                 cache_dir: str | os.PathLike | None = None, # a folder for parsed skeletons; None: parse every time
+                 mean: Sequence[float] = IMAGENET_MEAN, # normalisation mean (ImageNet's)
+                 std: Sequence[float] = IMAGENET_STD, # normalisation standard deviation (ImageNet's)
+                 box_frame_size: tuple[int, int] = COLOR_FRAME_SIZE, # (width, height) of the colour camera's frames, the space of the joints' colour x, y
+                 num_classes: int = 60, # 60 for NTU RGB+D 60; 120 for NTU RGB+D 120
+                ):
         self.samples = [parse_sample_name(n) for n in names]
         self.names = [str(s) for s in self.samples]
         beyond = [n for n, s in zip(self.names, self.samples) if s.label >= num_classes]
@@ -700,8 +780,12 @@ class NTUDataset(torch.utils.data.Dataset):
         return (rgb, skeleton), self.samples[i].label
 
 # %% ../nbs/07_ntu_data.ipynb #6af61eef
-def write_tiny_ntu(root: str | os.PathLike, names: Iterable[str], n_frames: int = 24, frame_size: tuple[int, int] = (32, 24),
-                   as_frames: bool = False) -> tuple[Path, Path]:
+def write_tiny_ntu(root: str | os.PathLike, # the folder to write (skeletons/ and videos/ under it)
+                   names: Iterable[str], # sample names
+                   n_frames: int = 24, # frames per recording
+                   frame_size: tuple[int, int] = (32, 24), # (width, height) of the videos
+                   as_frames: bool = False, # frame folders of PNGs instead of `.avi` videos
+                  ) -> tuple[Path, Path]:
     "Write synthetic skeletons and videos (or frame folders) for `names` under `root`; returns (skeleton_root, video_root)."
     root = Path(root)
     skeleton_root, video_root = root / "skeletons", root / "videos"
@@ -728,14 +812,17 @@ NTU_VIDEO_DIRS = ("nturgb+d_rgb", "videos", "frames")
 NTU_RESIZE_RATIO = 0.875     # frames are resized to size / 0.875 (256 for 224) before the crop, as for ImageNet
 NTU60_SETUPS, NTU60_ACTIONS = 17, 60
 
-def ntu_layout_help(root: str | Path) -> str:
+def ntu_layout_help(root: str | Path, # the NTU root the user gave
+                   ) -> str:
     "How to lay out NTU RGB+D under `root` (for error messages)."
     return (f"place the skeleton files as {root}/nturgb+d_skeletons/<name>.skeleton (the official skeleton archive unpacks "
             f"to that folder) and the videos as {root}/nturgb+d_rgb/<name>_rgb.avi, or one folder of extracted frames per "
             f"sample ({root}/nturgb+d_rgb/<name>/0001.jpg, ...); the folder names skeletons/ and videos/ work too, and "
             "video_dir (--video-dir) points to videos kept elsewhere")
 
-def ntu_folders(data_dir: str | Path, video_dir: str | Path | None = None) -> tuple[Path, Path]:
+def ntu_folders(data_dir: str | Path, # the NTU root
+                video_dir: str | Path | None = None, # videos kept elsewhere; None: under the root
+               ) -> tuple[Path, Path]: # (skeleton folder, video folder)
     "The skeleton folder and the video folder of an NTU RGB+D tree (see `ntu_layout_help`)."
     root = Path(data_dir).expanduser()
     if not root.is_dir(): raise FileNotFoundError(f"NTU data_dir {root} does not exist; {ntu_layout_help(root)}")
@@ -811,7 +898,12 @@ class _SeededClips(torch.utils.data.Dataset):
 
 class NTULoader(_PlannedLoader):
     "Batches `((rgb, skeleton), y)` of an `NTUDataset`, decoded by DataLoader workers, on the device."
-    def __init__(self, dataset, batch_size: int, device, workers: int = 2, **kw):
+    def __init__(self, dataset, # an `NTUDataset`
+                 batch_size: int, # clips per batch
+                 device, # where batches go
+                 workers: int = 2, # DataLoader worker processes that decode the clips
+                 **kw, # options of the planned loader: train, seed, rank, world_size, drop_last
+                ):
         mean, std = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1) for v in (dataset.mean, dataset.std))
         super().__init__(len(dataset), batch_size, mean, std, device, augment="none", pad_mode="zeros", **kw)
         self.dataset, self._current = dataset, None
@@ -825,8 +917,15 @@ class NTULoader(_PlannedLoader):
                    y.to(self.device, non_blocking=True))
 
 @register_data("ntu", kind="ntu")
-def build_ntu_data(cfg: DataConfig, batch_size: int, device="cpu", seed: int = 0, split: dict | None = None,
-                   rank: int = 0, world_size: int = 1, eval_batch_size: int | None = None) -> Data:
+def build_ntu_data(cfg: DataConfig, # DataConfig(dataset='ntu', data_dir=...)
+                   batch_size: int, # training batch size
+                   device="cpu", # where batches go
+                   seed: int = 0, # seeds the epoch order and the clips' crops
+                   split: dict | None = None, # a saved split to check and reuse (when a run resumes)
+                   rank: int = 0, # this process's rank (DDP)
+                   world_size: int = 1, # processes sharing the epoch (DDP)
+                   eval_batch_size: int | None = None, # validation and test batch size (default: batch_size)
+                  ) -> Data:
     "Train/val/test loaders of NTU RGB+D `((rgb, skeleton), y)` batches: protocol split, seeded validation holdout."
     if not isinstance(cfg, DataConfig) or cfg.dataset != "ntu":
         raise ValueError(f"build_ntu_data needs DataConfig(dataset='ntu', ...), got {cfg!r:.80}")

@@ -45,7 +45,8 @@ class _CoOccurrenceBranch(nn.Module):
         x = x.permute(0, 3, 2, 1).contiguous()         # (B, V, T, conv2_channels): joints become channels
         return self.conv4(self.conv3(x))
 
-def frame_motion(x: torch.Tensor) -> torch.Tensor:
+def frame_motion(x: torch.Tensor, # skeletons (N, C, T, V, M)
+                ) -> torch.Tensor: # (N, C, T, V, M) motion
     "Frame-to-frame differences of skeletons (N, C, T, V, M), resampled back to T frames (linear in time)."
     n, c, t, v, m = x.shape
     diff = (x[:, :, 1:] - x[:, :, :-1]).permute(0, 1, 3, 4, 2).reshape(n, c * v * m, t - 1)
@@ -54,8 +55,15 @@ def frame_motion(x: torch.Tensor) -> torch.Tensor:
 
 class HCN(nn.Module):
     "HCN-style skeleton stream over (N, 3, T, 25, M); `stage1..3` expose the 128/256/512-channel features MMTM fuses."
-    def __init__(self, num_classes: int = 60, frames: int = 32, joints: int = NUM_JOINTS, persons: int = 2,
-                 in_channels: int = 3, width: float = 1.0, conv2_channels: int = 32, dropout: float = 0.5):
+    def __init__(self, num_classes: int = 60, # action classes (NTU RGB+D 60: 60)
+                 frames: int = 32, # skeleton frames T (MMTM: 32; at least 16)
+                 joints: int = NUM_JOINTS, # joints V (Kinect v2: 25)
+                 persons: int = 2, # person slots M
+                 in_channels: int = 3, # coordinates per joint (x, y, z)
+                 width: float = 1.0, # scales every channel count (1: HCN's)
+                 conv2_channels: int = 32, # channels of conv2, which become the width after the transpose
+                 dropout: float = 0.5, # dropout rate
+                ):
         super().__init__()
         t, s = frames, conv2_channels
         for _ in range(4): t, s = t // 2, s // 2       # four 2x2 max-pools on the way to fc7
@@ -102,7 +110,10 @@ class HCN(nn.Module):
 # %% ../nbs/08_ntu_model.ipynb #5f2491fb
 class BottleneckResNet(nn.Module):
     "Bottleneck ResNet with torchvision's attribute names; `width` scales channels, `blocks` the depth ((3, 4, 6, 3): ResNet-50)."
-    def __init__(self, num_classes: int = 1000, width: float = 1.0, blocks: Sequence[int] = (3, 4, 6, 3)):
+    def __init__(self, num_classes: int = 1000, # outputs of the classifier
+                 width: float = 1.0, # scales every channel count (1: ResNet-50's)
+                 blocks: Sequence[int] = (3, 4, 6, 3), # bottlenecks per stage ((3, 4, 6, 3): ResNet-50)
+                ):
         super().__init__()
         from torchvision.models.resnet import Bottleneck
         stem = _scaled(64, width)
@@ -136,7 +147,9 @@ def _last_channels(layer: nn.Module) -> int:
 
 class RGBStream(nn.Module):
     "A ResNet applied to every frame of a clip (N, 3, T, H, W); `stage1..3` return (N, C, T, h, w) after layer2/3/4."
-    def __init__(self, backbone: nn.Module, num_classes: int = 60):
+    def __init__(self, backbone: nn.Module, # a ResNet with torchvision's attribute names (conv1 ... layer4, fc)
+                 num_classes: int = 60, # action classes; the backbone's fc is replaced if it has another size
+                ):
         super().__init__()
         missing = [a for a in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "fc")
                    if not hasattr(backbone, a)]
@@ -189,10 +202,19 @@ class MMTMFusionNet(nn.Module):
     "Two-stream NTU model: per-frame ResNet-50 + HCN, `MMTM` (spec `attention`) after RGB layer2/3/4, mean of logits."
     stage_names = ("layer2", "layer3", "layer4")
 
-    def __init__(self, num_classes: int = 60, attention: str | Spec = "mmtm", width: float = 1.0,
-                 rgb_blocks: Sequence[int] = (3, 4, 6, 3), frames_skel: int = 32, persons: int = 2,
-                 hcn_conv2_channels: int = 32, dropout: float = 0.5, ratio: int = 4, init: str = "authors",
-                 person_fusion: str = "first", rgb_backbone: nn.Module | None = None):
+    def __init__(self, num_classes: int = 60, # action classes (NTU RGB+D 60: 60)
+                 attention: str | Spec = "mmtm", # an MMTM spec ('mmtm', 'mmtm-ign1(0.5)', ...) or 'standard' (late fusion only)
+                 width: float = 1.0, # scales every channel count of both streams (1: the paper's model)
+                 rgb_blocks: Sequence[int] = (3, 4, 6, 3), # bottlenecks per ResNet stage ((3, 4, 6, 3): ResNet-50)
+                 frames_skel: int = 32, # skeleton frames (MMTM: 32)
+                 persons: int = 2, # person slots of the skeletons
+                 hcn_conv2_channels: int = 32, # HCN's conv2 channels
+                 dropout: float = 0.5, # HCN's dropout rate
+                 ratio: int = 4, # MMTM's bottleneck ratio (4)
+                 init: str = "authors", # 'authors' or 'torch' initialisation of the MMTM blocks
+                 person_fusion: str = "first", # 'first' (MMTM's code: only the first person's features are fused at stage 1) or 'all'
+                 rgb_backbone: nn.Module | None = None, # use this ResNet as the RGB stream instead of building one
+                ):
         super().__init__()
         spec = parse_spec(attention)
         if not spec.is_standard and spec.kind != "mmtm":
@@ -210,7 +232,11 @@ class MMTMFusionNet(nn.Module):
             for name, a, b in zip(self.stage_names, self.rgb.channels, self.skeleton.channels)})
 
     @classmethod
-    def tiny(cls, attention: str | Spec = "mmtm", num_classes: int = 60, frames_skel: int = 16, **kwargs) -> MMTMFusionNet:
+    def tiny(cls, attention: str | Spec = "mmtm", # an MMTM spec or 'standard'
+             num_classes: int = 60, # action classes
+             frames_skel: int = 16, # skeleton frames (at least 16)
+             **kwargs, # other options of `MMTMFusionNet`
+            ) -> MMTMFusionNet:
         "The same architecture at 1/16 width, one block per ResNet stage and 16 skeleton frames: for CPU tests."
         return cls(num_classes, attention, width=1 / 16, rgb_blocks=(1, 1, 1, 1), frames_skel=frames_skel,
                    hcn_conv2_channels=16, **kwargs)
@@ -224,7 +250,9 @@ class MMTMFusionNet(nn.Module):
             return a, torch.cat([first.unsqueeze(2), b[:, :, 1:]], dim=2)
         return self.fusion[name](a, b)
 
-    def forward_streams(self, rgb, skeleton: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_streams(self, rgb, # clips (N, 3, T, H, W), or the pair (rgb, skeleton)
+                        skeleton: torch.Tensor | None = None, # skeletons (N, 3, T, 25, M), unless in `rgb`
+                       ) -> tuple[torch.Tensor, torch.Tensor]: # (RGB logits, skeleton logits)
         "Logits of the RGB and skeleton streams, from `(rgb, skeleton)` or two arguments."
         if skeleton is None:
             if not (isinstance(rgb, (tuple, list)) and len(rgb) == 2):
@@ -238,12 +266,16 @@ class MMTMFusionNet(nn.Module):
             a, b = self._fuse(k, a, b)
         return self.rgb.classify(a), self.skeleton.classify(b)
 
-    def forward(self, rgb, skeleton: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, rgb, # clips (N, 3, T, H, W), or the pair (rgb, skeleton)
+                skeleton: torch.Tensor | None = None, # skeletons (N, 3, T, 25, M), unless in `rgb`
+               ) -> torch.Tensor: # late-fused logits (N, num_classes)
         "Late fusion: the mean of the two streams' logits."
         rgb_logits, skeleton_logits = self.forward_streams(rgb, skeleton)
         return (rgb_logits + skeleton_logits) / 2
 
-    def loss(self, inputs, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, inputs, # the pair (rgb, skeleton)
+             labels: torch.Tensor, # class indices (N,)
+            ) -> torch.Tensor:
         "Mean of the two streams' cross-entropies (each stream trained on its own loss, as in MMTM)."
         rgb_logits, skeleton_logits = self.forward_streams(inputs)
         return (F.cross_entropy(rgb_logits, labels) + F.cross_entropy(skeleton_logits, labels)) / 2
@@ -259,7 +291,10 @@ def mmtm_fusion(num_classes: int = 60, # action classes (NTU RGB+D 60: 60)
     return MMTMFusionNet(num_classes, attention, **kwargs)
 
 @register_model("mmtm-fusion-tiny", kind="ntu")
-def mmtm_fusion_tiny(num_classes: int = 60, attention: str | Spec = "mmtm", **kwargs) -> MMTMFusionNet:
+def mmtm_fusion_tiny(num_classes: int = 60, # action classes
+                     attention: str | Spec = "mmtm", # an MMTM spec or 'standard'
+                     **kwargs, # other options of `MMTMFusionNet.tiny`
+                    ) -> MMTMFusionNet:
     "The same two-stream model at 1/16 width, for CPU tests."
     _check_classes(num_classes)
     return MMTMFusionNet.tiny(attention, num_classes, **kwargs)
@@ -296,7 +331,11 @@ class LoadReport:
                 f"{len(self.missing)} missing ({', '.join(self.missing[:3])}), "
                 f"{len(self.unexpected)} unexpected ({', '.join(self.unexpected[:3])})")
 
-def load_stream_weights(module: nn.Module, path: str | os.PathLike, stream: str = "stream", prefix: str = "") -> LoadReport:
+def load_stream_weights(module: nn.Module, # the stream to load into
+                        path: str | os.PathLike, # a checkpoint file (a state dict, maybe wrapped)
+                        stream: str = "stream", # the stream's name, for the report
+                        prefix: str = "", # keep only the checkpoint keys under this prefix, stripped
+                       ) -> LoadReport:
     "Load the matching tensors of checkpoint `path` into `module` (deflating 3D kernels) and report the rest."
     state = _read_checkpoint(path)
     if prefix: state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -321,9 +360,12 @@ def load_stream_weights(module: nn.Module, path: str | os.PathLike, stream: str 
     _log.info("%s", report)
     return report
 
-def load_pretrained(model: MMTMFusionNet, rgb_path: str | os.PathLike | None = None,
-                    skeleton_path: str | os.PathLike | None = None, rgb_prefix: str = "",
-                    skeleton_prefix: str = "") -> dict[str, LoadReport]:
+def load_pretrained(model: MMTMFusionNet, # the two-stream model, loaded in place
+                    rgb_path: str | os.PathLike | None = None, # checkpoint of the RGB backbone (e.g. ImageNet ResNet-50); None: from scratch
+                    skeleton_path: str | os.PathLike | None = None, # checkpoint of the HCN stream; None: from scratch
+                    rgb_prefix: str = "", # key prefix of the RGB weights in their checkpoint
+                    skeleton_prefix: str = "", # key prefix of the skeleton weights in theirs
+                   ) -> dict[str, LoadReport]: # {stream: LoadReport} of the streams given
     "Load user-given checkpoints into the RGB backbone and the skeleton stream; a stream without one trains from scratch."
     reports = {}
     for stream, module, path, prefix in (("rgb", model.rgb.backbone, rgb_path, rgb_prefix),
@@ -346,7 +388,11 @@ def table4_specs() -> list[str]:
     "The fusion variants of the paper's Table 4, in its order."
     return all_specs("mmtm")
 
-def train_steps(model: nn.Module, batches: Iterable, lr: float = 0.01, momentum: float = 0.9) -> list[float]:
+def train_steps(model: nn.Module, # a model with `loss(inputs, labels)`
+                batches: Iterable, # ((rgb, skeleton), labels) batches
+                lr: float = 0.01, # SGD learning rate
+                momentum: float = 0.9, # SGD momentum
+               ) -> list[float]: # the loss of every step
     "Plain SGD steps of `model.loss` over `((rgb, skeleton), labels)` batches; returns the losses (NTU smoke trainer)."
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     model.train()

@@ -36,7 +36,8 @@ class Entry:
     listed: tuple[str, ...]      # the names `list_models` shows for this entry
     forms: str = ""              # other names the pattern takes, in words (for error messages)
 
-    def match(self, name: str) -> dict | None:
+    def match(self, name: str, # a model name, lower case
+             ) -> dict | None: # {field: int} when it matches, else None
         "The pattern's fields as integers when `name` matches it, else None."
         m = _name_regex(self.pattern).fullmatch(name)
         return None if m is None else {k: int(v) for k, v in m.groupdict().items()}
@@ -77,14 +78,16 @@ class Registry:
         self._loaded = True
         for module in self.providers: importlib.import_module(module)
 
-    def names(self, kind: str = "all") -> list[str]:
+    def names(self, kind: str = "all", # one of `self.kinds`, or 'all'
+             ) -> list[str]: # the listed names
         "The listed names of every entry of `kind` ('all': every kind), in registration order."
         self._load()
         if kind != "all" and kind not in self.kinds:
             raise ValueError(f"kind={kind!r} is not valid; choose one of {', '.join(map(repr, self.kinds + ('all',)))}")
         return [n for k in self.kinds if kind in ("all", k) for e in self.entries.values() if e.kind == k for n in e.listed]
 
-    def lookup(self, name: str) -> tuple[Entry, dict]:
+    def lookup(self, name: str, # a name (case and surrounding spaces do not matter)
+              ) -> tuple[Entry, dict]: # (entry, {field: int})
         "The entry `name` belongs to and the values of its pattern's fields; a ValueError listing the names otherwise."
         if not isinstance(name, str):
             raise TypeError(f"{self.what} name must be a string, got {type(name).__name__}; known {self.what}s: "
@@ -119,7 +122,8 @@ def list_models(kind: str = "image", # 'image' (one image batch in), 'ntu' ((rgb
     "Names `get_model` knows (a pattern entry such as resnet<6n+2>-cifar takes other depths too)."
     return MODELS.names(kind)
 
-def is_ntu_model(name: str) -> bool:
+def is_ntu_model(name: str, # any value; non-strings and unknown names give False
+                ) -> bool:
     "True when `name` is a registered two-stream NTU RGB+D model (its batches are (rgb, skeleton) pairs)."
     try: return MODELS.lookup(name)[0].kind == "ntu"
     except (TypeError, ValueError): return False

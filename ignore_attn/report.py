@@ -15,11 +15,12 @@ from .analysis import (REPORT_MARKER, TABLES, TABLE_CSS, DATASET_LABELS, METRIC_
                                   run_groups, save_figure, error_figure)
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'SITE_CSS', 'IMAGE_CHECK_JS', 'PAGE', 'ANALYSIS_HELP', 'QUARTO_MODES', 'DEFAULT_QUARTO_YML', 'href',
-           'page', 'render_notebook', 'summary_section', 'tables_section', 'figures_section', 'copy_run_files',
-           'render_run_notebooks', 'runs_section', 'analysis_notebook', 'run_analysis', 'analysis_caption',
-           'analysis_section', 'default_results_dir', 'performance_section', 'quarto_yml', 'build_report',
-           'local_links', 'missing_links', 'add_report_arguments', 'report_main', 'report_command']
+__all__ = ['RUN_FILES', 'SITE_CSS', 'IMAGE_CHECK_JS', 'REPORT_HEADER', 'PAGE', 'ANALYSIS_HELP', 'QUARTO_MODES',
+           'DEFAULT_QUARTO_YML', 'href', 'page', 'render_notebook', 'summary_section', 'tables_section',
+           'figures_section', 'copy_run_files', 'render_run_notebooks', 'runs_section', 'analysis_notebook',
+           'run_analysis', 'analysis_caption', 'analysis_section', 'default_results_dir', 'performance_section',
+           'quarto_yml', 'build_report', 'local_links', 'missing_links', 'add_report_arguments', 'report_main',
+           'report_command']
 
 # %% ../nbs/12_report.ipynb #a2574056
 RUN_FILES = ("metrics.json", "history.csv", "config.json", "error.txt")
@@ -71,6 +72,13 @@ div.scroll{overflow-x:auto;max-width:100%}
 .cell{margin:.6em 0}.input_prompt,.output_prompt{display:none}
 .input_area pre,.output_text pre{background:#f7f7f7;padding:.4em;overflow-x:auto;font-size:.85em;margin:0}
 .output_text pre{background:#fff}.output_stderr pre{background:#fdd}
+.layout{display:flex;align-items:flex-start}.layout main{flex:1 1 auto;min-width:0}
+nav.sidebar{flex:0 0 16em;position:sticky;top:0;max-height:100vh;overflow-y:auto;box-sizing:border-box;
+  padding:.8em 1em;border-right:1px solid #ddd;background:#fafafa;font-size:.88em}
+nav.sidebar h2{font-size:.9em;border:0;margin:1em 0 .3em;padding:0;color:#555;text-transform:uppercase}
+nav.sidebar ol,nav.sidebar ul{padding-left:1.4em;margin:0}nav.sidebar li{margin:.25em 0}
+nav.sidebar a{color:#1a5276;text-decoration:none}nav.sidebar li.current>a{font-weight:bold;color:#000}
+@media (max-width:800px){.layout{display:block}nav.sidebar{position:static;max-height:none;border:0}}
 """
 
 # After loading, the page records on <body> how many images it has and how many failed to load; the browser test reads them.
@@ -85,6 +93,10 @@ window.addEventListener('load', function () {
 });
 """
 
+REPORT_HEADER = string.Template('<header class="site"><a href="$home">ignore-attn: reproduction report</a>'
+                                '<a href="$home#tables">Tables</a><a href="$home#figures">Figures</a>'
+                                '<a href="$home#analysis">Attention analysis</a><a href="$home#runs">Runs</a></header>')
+
 PAGE = string.Template("""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -92,34 +104,52 @@ PAGE = string.Template("""<!DOCTYPE html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>$title</title>
 <style>$css</style>
-</head>
+$head</head>
 <body>
-<header class="site"><a href="$home">ignore-attn: reproduction report</a><a href="$home#tables">Tables</a><a href="$home#figures">Figures</a><a href="$home#analysis">Attention analysis</a><a href="$home#runs">Runs</a></header>
-<main>
-$body
-</main>
+$header
+$main
 <script>$script</script>
 </body>
 </html>
 """)
 
-def page(title: str, body: str, home: str = "index.html", extra_css: str = "") -> str:
-    "A complete HTML page of the site: header links to the home page `home`, the body, the image check."
+def page(title: str, # the page's title (the browser tab)
+         body: str, # the page's content, HTML
+         home: str = "index.html", # relative link to the report's home page, for the default header
+         extra_css: str = "", # CSS added after the site's
+         sidebar: str = "", # a `<nav class="sidebar">` shown left of the content (the book's pages, the report)
+         head: str = "", # extra HTML for <head>, e.g. the book's MathJax scripts
+         header: str | None = None, # the top bar, HTML; None: the report's (links to the home page's sections)
+        ) -> str: # the whole HTML document
+    "A complete HTML page of the site: the header, an optional sidebar, the body, the image check."
+    main = f'<div class="layout">\n{sidebar}\n<main>\n{body}\n</main>\n</div>' if sidebar else f"<main>\n{body}\n</main>"
     return PAGE.substitute(title=html.escape(title), css=SITE_CSS + TABLE_CSS.replace("<style>", "").replace("</style>", "")
-                           + extra_css, home=home, body=body, script=IMAGE_CHECK_JS)
+                           + extra_css, head=head, header=REPORT_HEADER.substitute(home=home) if header is None else header,
+                           main=main, script=IMAGE_CHECK_JS)
 
 # %% ../nbs/12_report.ipynb #251a6f7c
-def render_notebook(ipynb, html_path, title: str, home: str) -> Path:
+def render_notebook(ipynb, # an executed notebook: its path, or a notebook node already read
+                    html_path, # the page to write
+                    title: str, # the page's title
+                    home: str, # relative link to the report's home page
+                    intro: str | None = None, # HTML above the notebook; None: a link back to the report's runs, the title
+                    prepare=None, # a function notebook -> notebook applied before rendering (e.g. hide cells)
+                    **page_kw, # more of `page`: sidebar, head, header, extra_css
+                   ) -> Path: # `html_path`
     "Render an executed notebook as a page of the site (nbconvert's basic template); a note instead if it cannot be read."
+    import nbformat
     from nbconvert import HTMLExporter
     html_path = Path(html_path); html_path.parent.mkdir(parents=True, exist_ok=True)
+    name = html.escape(Path(ipynb).name if isinstance(ipynb, (str, os.PathLike)) else title)
     try:
-        body, _ = HTMLExporter(template_name="basic").from_filename(str(ipynb))
+        nb = nbformat.read(str(ipynb), as_version=4) if isinstance(ipynb, (str, os.PathLike)) else ipynb
+        body, _ = HTMLExporter(template_name="basic").from_notebook_node(prepare(nb) if prepare else nb)
     except Exception as e:  # a damaged notebook must not stop the report
-        body = (f'<div class="notice">{html.escape(Path(ipynb).name)} cannot be rendered: '
+        body = (f'<div class="notice">{name} cannot be rendered: '
                 f"{html.escape(type(e).__name__)}: {html.escape(str(e).splitlines()[0] if str(e) else '')}</div>")
-    head = f'<p><a href="{home}#runs">&larr; back to the report</a></p><h1>{html.escape(title)}</h1>'
-    html_path.write_text(page(title, head + body, home, _pygments_css()), encoding="utf-8")
+    if intro is None: intro = f'<p><a href="{home}#runs">&larr; back to the report</a></p><h1>{html.escape(title)}</h1>'
+    css = _pygments_css() + page_kw.pop("extra_css", "")
+    html_path.write_text(page(title, intro + body, home, css, **page_kw), encoding="utf-8")
     return html_path
 
 # %% ../nbs/12_report.ipynb #4dde57b4
@@ -392,7 +422,8 @@ def _quarto_build(out: Path, sections: list[tuple[str, str, str]], runs: pd.Data
 
 # %% ../nbs/12_report.ipynb #81a4a581
 def build_report(runs_dir, out_dir, paper: pd.DataFrame | None = None, quarto="auto", analysis="auto",
-                 quiet: bool = False, results_dir: str | Path | None = None) -> Path:
+                 quiet: bool = False, results_dir: str | Path | None = None,
+                 book=None) -> Path:
     "Build the static report site of the runs under `runs_dir` in `out_dir`; returns the path of its home page."
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     t0 = time.time()
@@ -403,6 +434,7 @@ def build_report(runs_dir, out_dir, paper: pd.DataFrame | None = None, quarto="a
     for w in caught: log(f"warning: {w.message}")
     use_quarto = _use_quarto(quarto)
     out = _prepare_out(out_dir)
+    site_book = book(out / "book", report_home=out / "index.html", log=log) if book else None  # e.g. ignore_attn.book.render_book: the book in the same site
     paper = paper_results() if paper is None else paper
     log(f"report: {len(runs)} runs under {runs_dir} ({', '.join(f'{n} {s}' for s, n in runs['status'].value_counts().items()) or 'none'})")
     runs.to_csv(out / "runs.csv", index=False)
