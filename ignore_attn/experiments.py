@@ -510,7 +510,10 @@ def reproduce_main(args, extra: list[str]) -> int:
     status = run_sweep(runs, out, **placement(args))
     print("building the report ...", flush=True)
     from ignore_attn.report import build_report
-    home = build_report(out, report_dir)
+    from ignore_attn.book import book_notebooks, render_book
+    try: with_book = bool(book_notebooks())  # from a source checkout the book joins the report in one site
+    except FileNotFoundError: with_book = False
+    home = build_report(out, report_dir, book=render_book if with_book else None)
     print(f"done in {(time.time() - t0) / 60:.1f} min: {int((status.state == 'done').sum())} of {len(status)} runs finished")
     print(f"report: {home}\nopen it in a browser: {Path(home).resolve().as_uri()}")
     return 1 if (status.state == "failed").any() else 0

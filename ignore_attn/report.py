@@ -179,7 +179,10 @@ def summary_section(runs: pd.DataFrame, runs_dir: Path, built: str) -> str:
                    "<code>write_demo_runs</code> to exercise the report), marked as such in the runs table.</div>")
     return "\n".join(out)
 
-def tables_section(runs: pd.DataFrame, paper: pd.DataFrame) -> str:
+def tables_section(runs: pd.DataFrame, # the collected runs (`collect_runs`)
+                   paper: pd.DataFrame, # the paper's numbers (`paper_results`)
+                   links=None, # key -> HTML linking a table to the notebooks that explain it (the book's `table_links`)
+                  ) -> str:
     "Each of the paper's tables that has finished runs, as HTML (ours, paper, difference, Welch p-value)."
     out = ['<p>Each cell: <strong>ours</strong> as mean ± sample std (number of seeds) of the test metric of the '
            "best-validation checkpoint; the <strong>paper</strong>'s value; <strong>Δ</strong> = ours - paper; "
@@ -190,7 +193,7 @@ def tables_section(runs: pd.DataFrame, paper: pd.DataFrame) -> str:
     for key in TABLES:
         t = paper_table(runs, key, paper)
         if t.n_runs == 0: continue
-        out.append(f'<div class="scroll">{t.html}</div>'); shown += 1
+        out.append(f'<div class="scroll">{t.html}</div>' + (links(key) if links else "")); shown += 1
     if not shown:
         out.append('<div class="notice info">No finished runs yet, so no table. The paper\'s tables are reproduced '
                    "here as soon as runs finish.</div>")
@@ -442,7 +445,7 @@ def build_report(runs_dir, out_dir, paper: pd.DataFrame | None = None, quarto="a
     pages = render_run_notebooks(runs, out, log) if not use_quarto else {}
     history = load_history(runs[runs["status"] == "done"])
     log("  tables and figures ...")
-    tables = tables_section(runs, paper)
+    tables = tables_section(runs, paper, (lambda key: site_book.table_links(key, out)) if site_book else None)
     figures = figures_section(runs, history, paper, out, log)
     executed, why = None, None
     if analysis and (runs["status"] == "done").any():
@@ -472,7 +475,8 @@ def build_report(runs_dir, out_dir, paper: pd.DataFrame | None = None, quarto="a
         body = "\n".join((f'<section id="{a}">' + (f"<h2>{html.escape(t)}</h2>" if t else "") + f"\n{b}\n</section>")
                          for a, t, b in sections)
         home = out / "index.html"
-        home.write_text(page("ignore-attn: reproduction report", body), encoding="utf-8")
+        home.write_text(page("ignore-attn: reproduction report", body, sidebar=site_book.sidebar(out) if site_book else ""),
+                        encoding="utf-8")
     log(f"report built in {time.time() - t0:.0f} s: {home.resolve().as_uri()}")
     return home
 
