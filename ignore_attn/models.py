@@ -13,6 +13,7 @@ import torch.nn as nn
 from .flip import Spec, parse_spec
 from .attention import AttentionBlock, count_attention, make_attention
 from .registry import get_model, list_models, register_model
+from .flops import count_flops
 
 # %% auto #0
 __all__ = ['CIFAR_RESNET_L2', 'CIFAR_DENSENET_L2', 'IMAGENET_L2', 'BN_EPS_DENSENET', 'single_stream_spec',
@@ -440,23 +441,10 @@ def _in_channels(model: nn.Module) -> int:
     return next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
 
 # %% ../nbs/04_models.ipynb #84665cfc
-def count_macs(model: nn.Module, # any network of Conv2d and Linear layers
+def count_macs(model: nn.Module, # any network (ours, timm's, torchvision's) taking one image batch
                input_size: tuple[int, int, int] = (3, 32, 32), # (C, H, W) of one image
-              ) -> dict[str, int]:
-    "Multiply-adds of every Conv2d and Linear for one image of `input_size`, split into backbone and attention."
-    inside = {id(m) for block in model.modules() if isinstance(block, AttentionBlock) for m in block.modules()}
-    macs = {"backbone": 0, "attention": 0}
-
-    def hook(m: nn.Module, inputs, out: torch.Tensor) -> None:
-        per_output = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] if isinstance(m, nn.Conv2d) else m.in_features
-        macs["attention" if id(m) in inside else "backbone"] += out.numel() * per_output
-
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    try:
-        p = next(model.parameters())
-        with torch.no_grad(): model.eval()(torch.zeros(1, *input_size, device=p.device, dtype=p.dtype))
-    finally:
-        for h in hooks: h.remove()
-        model.train(was_training)
-    return macs
+              ) -> dict[str, int]: # multiply-adds: {'backbone', 'attention'}
+    "Multiply-adds of one image of `input_size` through `model`, split into backbone and attention (torch's FlopCounterMode)."
+    p = next(model.parameters())
+    macs = count_flops(model, torch.zeros(1, *input_size, device=p.device, dtype=p.dtype))
+    return {"backbone": macs["backbone"], "attention": macs["attention"]}

@@ -1,4 +1,4 @@
-"ignore_attn.flops: torch's FlopCounterMode against the hand-written count_macs and an independent hook count."
+"ignore_attn.flops: torch's FlopCounterMode against an independent count by forward hooks, and count_macs built on it."
 from __future__ import annotations
 import math
 
@@ -13,15 +13,6 @@ from ignore_attn.models import count_macs, get_model
 torch.set_num_threads(1)  # the suite shares a small machine
 
 
-@pytest.mark.parametrize("arch, size", [("resnet20-cifar", 32), ("densenet40-cifar", 32), ("resnet50", 64)])
-@pytest.mark.parametrize("attention", ["standard", "se", "se-ign3", "cbam-ign1(0.5)"])
-def test_equals_count_macs_on_the_image_models(arch, size, attention):
-    m = get_model(arch, 10, attention)
-    hand, got = count_macs(m, (3, size, size)), count_flops(m, torch.zeros(1, 3, size, size))
-    assert (got["backbone"], got["attention"]) == (hand["backbone"], hand["attention"])
-    assert got["total"] == got["backbone"] + got["attention"] and (got["attention"] > 0) == (attention != "standard")
-
-
 def hook_count(model: nn.Module, inputs: tuple) -> dict[str, int]:
     "Multiply-adds of every conv (any rank) and Linear module by forward hooks, split by attention: no FlopCounterMode."
     inside = {id(m) for b in model.modules() if isinstance(b, AttentionBlock) for m in b.modules()}
@@ -33,6 +24,17 @@ def hook_count(model: nn.Module, inputs: tuple) -> dict[str, int]:
     with torch.no_grad(): model.eval()(*inputs)
     for h in hs: h.remove()
     return out
+
+
+@pytest.mark.parametrize("arch, size", [("resnet20-cifar", 32), ("densenet40-cifar", 32), ("resnet50", 64)])
+@pytest.mark.parametrize("attention", ["standard", "se", "se-ign3", "cbam-ign1(0.5)"])
+def test_equals_a_hook_count_on_the_image_models(arch, size, attention):
+    m = get_model(arch, 10, attention)
+    x = torch.zeros(1, 3, size, size)
+    hooks, got = hook_count(m, (x,)), count_flops(m, x)
+    assert (got["backbone"], got["attention"]) == (hooks["backbone"], hooks["attention"])
+    assert count_macs(m, (3, size, size)) == {"backbone": got["backbone"], "attention": got["attention"]}
+    assert got["total"] == got["backbone"] + got["attention"] and (got["attention"] > 0) == (attention != "standard")
 
 
 def test_ntu_model_with_tuple_input():
@@ -52,8 +54,9 @@ def test_timm_model_counts_like_ours():
     timm = pytest.importorskip("timm", reason='timm is an optional extra (pip install "ignore-attn[timm]")')
     from ignore_attn.timm import ignore_layer
     m = timm.create_model("resnet18", num_classes=10, block_args=dict(attn_layer=ignore_layer("cbam-ign3")))
-    hand, got = count_macs(m, (3, 64, 64)), count_flops(m, torch.zeros(1, 3, 64, 64))
-    assert got["attention"] > 0 and (got["backbone"], got["attention"]) == (hand["backbone"], hand["attention"])
+    x = torch.zeros(1, 3, 64, 64)
+    hooks, got = hook_count(m, (x,)), count_flops(m, x)
+    assert got["attention"] > 0 and (got["backbone"], got["attention"]) == (hooks["backbone"], hooks["attention"])
 
 
 def test_a_lone_block_is_all_attention_and_nesting_counts_once():
