@@ -39,7 +39,8 @@ class AttentionBlock(nn.Module):
     "Common base of the attention blocks (SE, CBAM, MMTM): holds the spec and can record the masks it applies."
     kind: str = ""  # the spec kind a subclass implements: 'se', 'cbam' or 'mmtm'
 
-    def __init__(self, spec: str | Spec):
+    def __init__(self, spec: str | Spec, # the block's attention spec, of the subclass's `kind`
+                ):
         super().__init__()
         if self.kind not in KINDS:
             raise TypeError(f"{type(self).__name__} must set the class attribute `kind` to one of {KINDS}; "
@@ -94,7 +95,9 @@ def _check_init(init: str) -> None:
         raise ValueError(f"unknown init {init!r}; use 'authors' (Linear weights N(0, 0.01), zero bias; conv He-normal, "
                          "as the paper's code) or 'torch' (PyTorch's defaults)")
 
-def init_attention_(module: nn.Module, init: str = "authors") -> nn.Module:
+def init_attention_(module: nn.Module, # an attention block, or any module of Linear and conv layers
+                    init: str = "authors", # 'authors' (Linear N(0, 0.01), zero bias; conv He-normal) or 'torch' (keep PyTorch's)
+                   ) -> nn.Module: # `module` itself, initialised in place
     "Initialise every Linear and conv layer in `module` the authors' way (`init='authors'`) or keep PyTorch's (`'torch'`)."
     _check_init(init)
     if init == "torch": return module
@@ -108,11 +111,14 @@ def init_attention_(module: nn.Module, init: str = "authors") -> nn.Module:
     return module
 
 # %% ../nbs/01_attention.ipynb #06950b04
-def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+def global_avg_pool(x: torch.Tensor, # features (N, C, *axes), or (N, C)
+                   ) -> torch.Tensor: # (N, C): the mean of each channel
     "Squeeze `(N, C, *axes)` to `(N, C)` by averaging over every non-channel axis (rank 2 passes through)."
     return x if x.ndim == 2 else x.flatten(2).mean(-1)
 
-def broadcast_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def broadcast_mask(mask: torch.Tensor, # a channel mask (N, C)
+                   x: torch.Tensor, # the features it multiplies, (N, C, *axes)
+                  ) -> torch.Tensor: # the same mask viewed as (N, C, 1, ..., 1)
     "Reshape a channel mask `(N, C)` to `(N, C, 1, ..., 1)` so it multiplies features `x` of any rank."
     return mask.reshape(*mask.shape, *([1] * (x.ndim - mask.ndim)))
 
@@ -121,7 +127,11 @@ class SE(AttentionBlock):
     "Squeeze-and-Excitation channel attention (paper Eq. 6) that attends or ignores according to `spec`."
     kind = "se"
 
-    def __init__(self, channels: int, reduction: int = 8, spec: str | Spec = "se", init: str = "authors"):
+    def __init__(self, channels: int, # C, the channels of the features
+                 reduction: int = 8, # r: the MLP's bottleneck has C // r units (the authors': 8)
+                 spec: str | Spec = "se", # an SE spec: 'se', 'se(0.8)', 'se-ign1(0.5)', 'se-ign2', 'se-ign3', 'se-const', ...
+                 init: str = "authors", # 'authors' (dense layers N(0, 0.01), zero bias) or 'torch' (PyTorch's defaults)
+                ):
         super().__init__(spec)
         _check_init(init)
         self.channels, self.reduction = _check_sizes(channels, reduction)
@@ -131,12 +141,14 @@ class SE(AttentionBlock):
             self.fc2 = nn.Linear(self.channels // self.reduction, self.channels)
         init_attention_(self, init)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, # features (N, C, *spatial)
+              ) -> torch.Tensor: # z, (N, C)
         "The branch output z = fc2(relu(fc1(GAP(x)))), shape (N, C), before any sigmoid or flip."
         if self.fc1 is None: raise ValueError(f"{self.spec} is the constant-mask control: it has no branch and no logits")
         return self.fc2(F.relu(self.fc1(global_avg_pool(x))))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, # features (N, C, *spatial), rank >= 3
+               ) -> torch.Tensor: # `x` times its channel mask, the same shape
         _check_features(x, self.channels, "SE", f"(N, {self.channels}, *spatial)", min_rank=3)
         mask = const_mask(x.shape[:2], x) if self.spec.is_const else flip_mask(self.logits(x), self.spec)
         self._remember(mask)
@@ -148,25 +160,31 @@ class SE(AttentionBlock):
 # %% ../nbs/01_attention.ipynb #d50cf8bb
 class CBAMChannel(nn.Module):
     "CBAM's channel branch: a shared MLP on global average- and max-pooled features; returns summed logits (N, C)."
-    def __init__(self, channels: int, reduction: int = 8):
+    def __init__(self, channels: int, # C, the channels of the features
+                 reduction: int = 8, # r: the MLP's bottleneck has C // r units
+                ):
         super().__init__()
         self.fc1 = nn.Linear(channels, channels // reduction)
         self.fc2 = nn.Linear(channels // reduction, channels)
 
-    def mlp(self, v: torch.Tensor) -> torch.Tensor:
+    def mlp(self, v: torch.Tensor, # pooled features (N, C)
+           ) -> torch.Tensor: # (N, C)
         "The shared bottleneck W2 relu(W1 v)."
         return self.fc2(F.relu(self.fc1(v)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, # features (N, C, H, W)
+               ) -> torch.Tensor: # the channel logits (N, C): MLP(GAP) + MLP(GMP)
         return self.mlp(x.mean(dim=(2, 3))) + self.mlp(x.amax(dim=(2, 3)))
 
 class CBAMSpatial(nn.Module):
     "CBAM's spatial branch: a k x k conv on the channel-wise [mean, max] maps; returns logits (N, 1, H, W)."
-    def __init__(self, kernel_size: int = 7):
+    def __init__(self, kernel_size: int = 7, # side of the conv kernel, odd (the paper: 7)
+                ):
         super().__init__()
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, # features (N, C, H, W)
+               ) -> torch.Tensor: # the spatial logits (N, 1, H, W)
         return self.conv(torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1))
 
 # %% ../nbs/01_attention.ipynb #ab527c5e
@@ -182,8 +200,12 @@ class CBAM(AttentionBlock):
     "Convolutional Block Attention Module (paper Eq. 7): channel then spatial mask, both attending or ignoring per `spec`."
     kind = "cbam"
 
-    def __init__(self, channels: int, reduction: int = 8, kernel_size: int = 7, spec: str | Spec = "cbam",
-                 init: str = "authors"):
+    def __init__(self, channels: int, # C, the channels of the features
+                 reduction: int = 8, # r: the channel MLP's bottleneck has C // r units (the authors': 8)
+                 kernel_size: int = 7, # side of the spatial conv, odd (the paper: 7)
+                 spec: str | Spec = "cbam", # a CBAM spec: 'cbam', 'cbam-ign1(0.8)', 'cbam-ign2', 'cbam-ign3', 'cbam-const', ...
+                 init: str = "authors", # 'authors' (dense layers N(0, 0.01), zero bias; conv He-normal) or 'torch'
+                ):
         super().__init__(spec)
         _check_init(init)
         self.channels, self.reduction = _check_sizes(channels, reduction)
@@ -194,7 +216,8 @@ class CBAM(AttentionBlock):
             self.spatial = CBAMSpatial(self.kernel_size)
         init_attention_(self, init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, # features (N, C, H, W)
+               ) -> torch.Tensor: # `x` times its channel mask, then times its spatial mask
         _check_features(x, self.channels, "CBAM", f"(N, {self.channels}, H, W)", min_rank=4, max_rank=4)
         const = self.spec.is_const
         channel_mask = const_mask(x.shape[:2], x) if const else flip_mask(self.channel(x), self.spec)
@@ -209,7 +232,11 @@ class CBAM(AttentionBlock):
 # %% ../nbs/01_attention.ipynb #267b2a5c
 _SINGLE_STREAM_BLOCKS = {"se": SE, "cbam": CBAM}
 
-def make_attention(spec: str | Spec, channels: int, reduction: int = 8, **kwargs) -> nn.Module:
+def make_attention(spec: str | Spec, # a single-stream spec: 'standard', 'se...' or 'cbam...' (not MMTM)
+                   channels: int, # channels of the features the block sits on
+                   reduction: int = 8, # r of the block's MLP
+                   **kwargs, # passed on to the block: init=..., kernel_size=... (CBAM)
+                  ) -> nn.Module: # nn.Identity() for 'standard', else an SE or a CBAM
     "The attention block for `spec` on `channels` features: nn.Identity for 'standard', else SE or CBAM."
     spec = parse_spec(spec)
     if spec.is_standard: return nn.Identity()
@@ -218,13 +245,15 @@ def make_attention(spec: str | Spec, channels: int, reduction: int = 8, **kwargs
     raise ValueError(f"spec {str(spec)!r}: MMTM fuses two streams (forward(a, b)), so it is not a single-stream block; "
                      "build ignore_attn.mmtm.MMTM(dim_a, dim_b, spec=...) between the streams, as the two-stream models do")
 
-def count_attention(model: nn.Module) -> int:
+def count_attention(model: nn.Module, # any network
+                   ) -> int: # how many attention blocks (SE, CBAM, MMTM) it holds
     "Number of attention blocks (SE, CBAM, MMTM) in `model`."
     return sum(isinstance(m, AttentionBlock) for m in model.modules())
 
 # %% ../nbs/01_attention.ipynb #3b71d056
 @contextmanager
-def record_masks(model: nn.Module) -> Iterator[dict]:
+def record_masks(model: nn.Module, # a network holding attention blocks, or one block
+                ) -> Iterator[dict]: # {qualified module name: mask}, filled by each forward pass
     "Record the mask(s) each AttentionBlock in `model` applies; yields {module name: mask}, filled by forward passes."
     blocks = [(name, m) for name, m in model.named_modules() if isinstance(m, AttentionBlock)]
     masks: dict = {}

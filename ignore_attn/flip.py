@@ -14,38 +14,49 @@ __all__ = ['CONST_MASK', 'KINDS', 'PAPER_FLIPS', 'EXTRA_FLIPS', 'FLIPS', 'CONTRO
            't2', 't3', 't_exp', 't_sigexp', 'const_mask', 'Spec', 'parse_spec', 'flip_mask', 'all_specs']
 
 # %% ../nbs/00_flip.ipynb #ea0f85ea
-def attend(logits: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+def attend(logits: torch.Tensor, # the branch's output z, any shape
+           alpha: float = 1.0, # scale of the mask, in [0, 1] (the paper's tables: 1)
+          ) -> torch.Tensor: # the mask, shaped like `logits`, in [0, alpha]
     "Standard attention mask `alpha * sigmoid(logits)` (paper Eq. 1 with f = sigmoid of the branch)."
     return alpha * torch.sigmoid(logits)
 
 # %% ../nbs/00_flip.ipynb #15252aa6
-def t1(mask: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+def t1(mask: torch.Tensor, # the post-sigmoid ignoring mask x = sigmoid(z), in [0, 1]
+       alpha: float = 1.0, # how much of the ignoring mask is taken off, in [0, 1]
+      ) -> torch.Tensor: # the attention mask 1 - alpha x, in [1 - alpha, 1]
     "Linear flip `1 - alpha * mask` of a post-sigmoid ignoring mask (paper Eq. 3)."
     return 1.0 - alpha * mask
 
 # %% ../nbs/00_flip.ipynb #46acec8b
-def t2(mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def t2(mask: torch.Tensor, # the post-sigmoid ignoring mask x = sigmoid(z), in [0, 1]
+       eps: float = 1e-6, # the authors' guard for x = 0 (sigmoid underflow)
+      ) -> torch.Tensor: # the attention mask, in (sigmoid(1), 1]
     "Reciprocal flip `sigmoid(1 / (mask + eps))` of a post-sigmoid ignoring mask (paper Eq. 4)."
     return torch.sigmoid(1.0 / (mask + eps))
 
 # %% ../nbs/00_flip.ipynb #2c7c75cf
-def t3(logits: torch.Tensor) -> torch.Tensor:
+def t3(logits: torch.Tensor, # the branch's output z, before any sigmoid
+      ) -> torch.Tensor: # the attention mask sigmoid(-z), in (0, 1)
     "Flip on the logits: `sigmoid(-logits)` (paper Eq. 5)."
     return torch.sigmoid(-logits)
 
 # %% ../nbs/00_flip.ipynb #cf4e8d1c
-def t_exp(logits: torch.Tensor) -> torch.Tensor:
+def t_exp(logits: torch.Tensor, # the branch's output z, before any sigmoid
+         ) -> torch.Tensor: # the mask exp(-relu(z)), in (0, 1]
     "Extra, not in the paper: `exp(-relu(logits))`, an unpublished inversion from the authors' code."
     return torch.exp(-F.relu(logits))
 
-def t_sigexp(logits: torch.Tensor) -> torch.Tensor:
+def t_sigexp(logits: torch.Tensor, # the branch's output z, before any sigmoid
+            ) -> torch.Tensor: # the mask sigmoid(exp(-relu(z))), in (0.5, sigmoid(1)]
     "Extra, not in the paper: `sigmoid(exp(-relu(logits)))`, an unpublished inversion from the authors' code."
     return torch.sigmoid(torch.exp(-F.relu(logits)))
 
 # %% ../nbs/00_flip.ipynb #8957cbf2
 CONST_MASK = 0.5   # sigma(0): the mask of attention whose branch outputs 0
 
-def const_mask(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+def const_mask(shape: tuple[int, ...], # the mask's shape, e.g. (N, C)
+               like: torch.Tensor, # any tensor: the mask takes its dtype and device
+              ) -> torch.Tensor: # `CONST_MASK` everywhere; no gradient flows through it
     "The `const` control's mask: `CONST_MASK` everywhere, of `shape`, on the dtype and device of `like`, without gradient."
     return like.new_full(tuple(shape), CONST_MASK)
 
@@ -69,9 +80,9 @@ SPEC_HELP = ("valid attention specs: 'standard', or '<kind>[-<flip>][(<alpha>)]'
 @dataclass(frozen=True)
 class Spec:
     "A parsed attention spec: `kind` (`standard`, `se`, `cbam`, `mmtm`), `flip` (None = attend; or the control `const`) and `alpha`."
-    kind: str = "standard"
-    flip: str | None = None
-    alpha: float = 1.0
+    kind: str = "standard"     # 'standard' (no attention), 'se', 'cbam' or 'mmtm'
+    flip: str | None = None    # None (attend), 'ign1', 'ign2', 'ign3', the extras 'exp', 'sigexp', or the control 'const'
+    alpha: float = 1.0         # the mask's scale, in [0, 1]; only plain attention and ign1 take one
 
     def __post_init__(self):
         if self.kind != "standard" and self.kind not in KINDS:
@@ -112,7 +123,8 @@ class Spec:
         return name
 
 # %% ../nbs/00_flip.ipynb #4a60e6b2
-def parse_spec(text: str | Spec) -> Spec:
+def parse_spec(text: str | Spec, # a spec such as 'se-ign1(0.5)' (case and spaces ignored), or a Spec (returned as is)
+              ) -> Spec: # the parsed and checked spec
     "Parse an attention spec such as `se`, `se(0.8)`, `se-ign1(0.5)`, `cbam-ign3` or `standard`."
     if isinstance(text, Spec): return text
     if not isinstance(text, str):
@@ -128,7 +140,9 @@ def parse_spec(text: str | Spec) -> Spec:
     return Spec(m["kind"], m["flip"], alpha)
 
 # %% ../nbs/00_flip.ipynb #85f3d10c
-def flip_mask(logits: torch.Tensor, spec: Spec | str) -> torch.Tensor:
+def flip_mask(logits: torch.Tensor, # the branch's output z, any shape
+              spec: Spec | str, # the block's attention spec (any but 'standard')
+             ) -> torch.Tensor: # the attention mask, shaped like `logits`, in [0, 1]
     "Attention mask for branch `logits` under `spec`: attend, the spec's flip of the ignoring branch, or the const control."
     spec = parse_spec(spec)
     if spec.is_standard: raise ValueError("spec 'standard' has no attention branch, so no mask")
@@ -141,7 +155,10 @@ def flip_mask(logits: torch.Tensor, spec: Spec | str) -> torch.Tensor:
     return t_sigexp(logits)
 
 # %% ../nbs/00_flip.ipynb #99374047
-def all_specs(kind: str, extras: bool = False, controls: bool = False) -> list[str]:
+def all_specs(kind: str, # 'se', 'cbam' or 'mmtm'
+              extras: bool = False, # also the authors' unpublished flips `exp` and `sigexp`
+              controls: bool = False, # also the `const` control (SE and CBAM only)
+             ) -> list[str]: # canonical spec names in the order of the paper's tables
     "The paper's variants of attention `kind` in table order (plus the authors' extras, and the const control, if asked)."
     if kind not in KINDS: raise ValueError(f"unknown attention kind {kind!r}; kinds are {', '.join(KINDS)}")
     specs = [kind, f"{kind}-ign1(1.0)", f"{kind}-ign1(0.5)", f"{kind}-ign1(0.8)", f"{kind}-ign2", f"{kind}-ign3"]
