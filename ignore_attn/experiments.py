@@ -380,6 +380,12 @@ def launch_command(out: str | Path, nproc_per_node: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
             "-m", "ignore_attn.experiments", str(Path(out) / "request.json")]
 
+def _pin_gpu(options: dict, nproc_per_node: int) -> tuple[dict, dict]:
+    "Options and environment that give a run on `cuda:N` GPU N as its only visible device (cuda:0 inside)."
+    dev = str(options.get("device", ""))
+    if not dev.startswith("cuda:") or os.environ.get("CUDA_VISIBLE_DEVICES"): return options, {}
+    return {**options, "device": "cuda" if nproc_per_node > 1 else "cuda:0"}, {"CUDA_VISIBLE_DEVICES": dev.split(":", 1)[1]}
+
 def train_run(options: dict, # the run's trainer options (flat, as `resolve_options` returns them)
               out: str | Path | None = None, # the run folder (None: `options['out']`, or nothing written)
               nproc_per_node: int = 1, # > 1: train on that many GPUs of this machine through torchrun
@@ -388,6 +394,11 @@ def train_run(options: dict, # the run's trainer options (flat, as `resolve_opti
     "Train one run (resuming from `out` if it holds this run's checkpoint) and return its metrics."
     from ignore_attn.train import setup_run, train
     options = {**options, **({"out": str(out)} if out is not None else {})}
+    # A sweep slot names its GPU as cuda:N. Hide the other GPUs before CUDA starts in this process (nothing before
+    # train() touches CUDA here), so the run's current device, capture stream and context are GPU N's alone;
+    # torchrun ranks get the same through their environment.
+    options, env = _pin_gpu(options, nproc_per_node)
+    os.environ.update(env)
     if dry_run:
         setup_run(make_train_config(options))
         return {"status": "prepared", "out": options.get("out")}
@@ -397,7 +408,7 @@ def train_run(options: dict, # the run's trainer options (flat, as `resolve_opti
     if nproc_per_node <= 1: return train(make_train_config(options))
     out = Path(options["out"]); out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "request.json", options)
-    subprocess.run(launch_command(out, nproc_per_node), check=True)
+    subprocess.run(launch_command(out, nproc_per_node), check=True, env={**os.environ, **env})
     return json.loads((out / "metrics.json").read_text())
 
 # %% ../nbs/10_experiments.ipynb #013064c3
