@@ -71,8 +71,8 @@ def _border_centres(rng: np.random.Generator, m: int, size: int, scale: np.ndarr
     cy = np.select([side == 0, side == 1, side == 2], [along, along, depth], size - depth)
     return cx, cy
 
-def _clutter_chunk(rng: np.random.Generator, pool: str, m: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "One chunk of `m` Cluttered Digits from `pool`: uint8 images (m, size, size, 3), labels, distractor masks."
+def _clutter_chunk(rng: np.random.Generator, pool: str, m: int, size: int) -> tuple[np.ndarray, ...]:
+    "One chunk of `m` Cluttered Digits from `pool`: uint8 images (m, size, size, 3), labels, distractor and digit masks."
     glyphs, targets, _ = _digit_pools()[pool]
     by_class = [np.flatnonzero(targets == c) for c in range(10)]
     def pick(classes): return glyphs[np.array([by_class[c][rng.integers(len(by_class[c]))] for c in classes])]
@@ -101,7 +101,7 @@ def _clutter_chunk(rng: np.random.Generator, pool: str, m: int, size: int) -> tu
     img = img * gain * light + offset + _f32(rng.normal(0, 0.02, (m, 3, size, size)))
     images = img.clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     mask = ((fragments > 0.35) & (digit <= 0.35))[:, 0].numpy()
-    return images, labels.astype(np.int64), mask
+    return images, labels.astype(np.int64), mask, ((digit > 0.35) & ~(fragments > 0.35))[:, 0].numpy()
 
 def _check_int(name: str, value, low: int) -> None:
     "Raise a ValueError unless `value` is an integer >= low."
@@ -112,11 +112,13 @@ def cluttered_digits(n: int, # how many images
                      seed: int, # seeds the images (the same seed gives the same images)
                      size: int = 32, # image side in pixels (at least 16)
                      pool: str = "train", # source handwriting: 'train', 'val' or 'test' (disjoint writers' digits)
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: # uint8 images (n, size, size, 3), int64 labels (n,), bool distractor masks (n, size, size)
-    "`n` Cluttered Digits from source `pool`, with the mask of the pixels painted by distractors."
+                     digit_masks: bool = False, # also return the mask of the digit's own pixels (not covered by a fragment)
+                    ) -> tuple[np.ndarray, ...]: # uint8 images (n, size, size, 3), int64 labels (n,), bool distractor masks (n, size, size)[, bool digit masks]
+    "`n` Cluttered Digits from source `pool`, with the mask of the pixels painted by distractors (and of the digit's)."
     _check_int("n", n, 1); _check_int("seed", seed, 0); _check_int("size", size, 16)
     if pool not in CLUTTER_POOLS: raise ValueError(f"pool={pool!r} is not valid; choose one of {', '.join(map(repr, CLUTTER_POOLS))}")
     chunks = [_clutter_chunk(np.random.default_rng([seed, CLUTTER_POOLS.index(pool), size, i]), pool, _CLUTTER_CHUNK, size)
               for i in range(-(-n // _CLUTTER_CHUNK))]
-    images, labels, masks = (np.concatenate([c[k] for c in chunks])[:n] for k in range(3))
-    return np.ascontiguousarray(images), labels, np.ascontiguousarray(masks)
+    images, labels, masks, digits = (np.concatenate([c[k] for c in chunks])[:n] for k in range(4))
+    out = (np.ascontiguousarray(images), labels, np.ascontiguousarray(masks))
+    return out + (np.ascontiguousarray(digits),) if digit_masks else out
