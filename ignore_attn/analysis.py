@@ -4,9 +4,10 @@
 
 # %% ../nbs/11_analysis.ipynb #81b62fde
 from __future__ import annotations
-import functools, html, importlib.resources, json, math, warnings, zlib
+import functools, html, importlib.resources, json, math, os, warnings, zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -23,14 +24,15 @@ from .attention import AttentionBlock, record_masks
 
 # %% auto #0
 __all__ = ['TABLES', 'DATASET_METRICS', 'METRIC_LABELS', 'RUN_MARKERS', 'REPORT_MARKER', 'METRIC_FIELDS', 'RUN_COLUMNS',
-           'HISTORY_KEYS', 'SYNTHETIC_LABEL', 'TABLE_CSS', 'DATASET_LABELS', 'paper_results', 'canonical_dataset',
-           'metrics_for', 'table_of', 'method_order', 'find_run_dirs', 'read_run', 'collect_runs', 'write_demo_runs',
-           'load_history', 'labelled', 'PaperTable', 'ours_text', 'paper_text', 'p_text', 'run_metric', 'welch_p',
-           'counterpart', 'paper_table', 'table_html', 'run_groups', 'save_figure', 'loss_curves_figure', 'paper_value',
-           'error_figure', 'cost_figure', 'load_run_model', 'grad_cam', 'cam_layer', 'attention_masks',
-           'attention_stages', 'channel_mask_frame', 'channel_mask_figure', 'ignoring_maps', 'border_band',
-           'border_centre_table', 'stage_ignoring', 'spatial_mask_figure', 'grad_cam_figure', 'distractor_table',
-           'attention_report', 'summarize_stages', 'run_images']
+           'HISTORY_KEYS', 'SYNTHETIC_LABEL', 'TABLE_CSS', 'DATASET_LABELS', 'PROBE_FILE', 'paper_results',
+           'canonical_dataset', 'metrics_for', 'table_of', 'method_order', 'find_run_dirs', 'read_run', 'collect_runs',
+           'write_demo_runs', 'load_history', 'labelled', 'PaperTable', 'ours_text', 'paper_text', 'p_text',
+           'run_metric', 'welch_p', 'counterpart', 'paper_table', 'table_html', 'run_groups', 'save_figure',
+           'loss_curves_figure', 'paper_value', 'error_figure', 'cost_figure', 'load_run_model', 'grad_cam',
+           'cam_layer', 'attention_masks', 'attention_stages', 'channel_mask_frame', 'channel_mask_figure',
+           'ignoring_maps', 'border_band', 'border_centre_table', 'stage_ignoring', 'spatial_mask_figure',
+           'grad_cam_figure', 'distractor_table', 'ProbeBatch', 'probe_model', 'probe_callback', 'load_probes',
+           'probe_figure', 'control_table', 'ignoring_verdict', 'attention_report', 'summarize_stages', 'run_images']
 
 # %% ../nbs/11_analysis.ipynb #c206c968
 def paper_results() -> pd.DataFrame:
@@ -757,6 +759,222 @@ def distractor_table(ignoring: dict[str, torch.Tensor], distractors, stages: dic
         rows.append(dict(module=name, stage=(stages or {}).get(name, name.split(".")[0]), on_distractors=on,
                          elsewhere=off, ratio=on / off if off > 0 else math.nan, auc=auc))
     return pd.DataFrame(rows, columns=["module", "stage", "on_distractors", "elsewhere", "ratio", "auc"])
+
+# %% ../nbs/11_analysis.ipynb #63990ec0
+@dataclass
+class ProbeBatch:
+    "A fixed batch of Cluttered Digits validation images, as the run's evaluation sees them, with distractor and digit masks."
+    inputs: torch.Tensor        # (N, 3, S, S), normalised with the run's statistics, on the run's device
+    labels: torch.Tensor        # (N,)
+    distractors: torch.Tensor   # (N, S, S) bool: pixels painted by fragments of other digits
+    digits: torch.Tensor        # (N, S, S) bool: the digit's own pixels not covered by a fragment
+
+    @classmethod
+    def from_run(cls, run, # a prepared run of Cluttered Digits (`ignore_attn.train.setup_run`)
+                 n: int = 256, # images (at most the run's validation images)
+                ) -> "ProbeBatch":
+        "The first `n` validation images of a Cluttered Digits run, with their distractor and digit masks."
+        from ignore_attn.digits import cluttered_digits
+        from ignore_attn.data import normalize
+        d = run.cfg.data
+        if d.dataset != "cluttered-digits":
+            raise ValueError(f"the probe needs known distractor pixels: Cluttered Digits only, not {d.dataset!r}")
+        n = min(n, d.n_val, d.limit_val or d.n_val)
+        images, labels, distractors, digits = cluttered_digits(n, d.split_seed, run.data.image_size, "val", digit_masks=True)
+        u8 = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(run.rt.device)
+        mean, std = (run.data.norm[k].to(u8.device) for k in ("mean", "std"))
+        return cls(normalize(u8, mean, std), torch.from_numpy(labels), torch.from_numpy(distractors), torch.from_numpy(digits))
+
+# %% ../nbs/11_analysis.ipynb #d19b51ce
+def _auc(scores: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> float:
+    "ROC-AUC of `scores` ranking the `positive` pixels above the `negative` ones (NaN when either set is empty)."
+    from sklearn.metrics import roc_auc_score
+    pos, neg = scores[positive], scores[negative]
+    if len(pos) == 0 or len(neg) == 0: return math.nan
+    if np.ptp(np.concatenate([pos, neg])) == 0: return 0.5   # a constant mask separates nothing
+    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
+
+def _stage_means(rows: list[dict], keys: tuple[str, ...]) -> dict:
+    "{stage: {key: mean over the stage's blocks}}, stages in first-seen order."
+    out: dict = {}
+    for r in rows: out.setdefault(r["stage"], []).append(r)
+    return {s: {k: float(np.nanmean([r[k] for r in rs])) for k in keys} for s, rs in out.items()}
+
+def probe_model(model: nn.Module, # a network with attention blocks (any other gives empty results)
+                inputs: torch.Tensor, # images (N, 3, S, S) on the model's device
+                distractors: torch.Tensor, # bool (N, S, S): the distractor pixels
+                digits: torch.Tensor | None = None, # bool (N, S, S): the digit's pixels (for auc_vs_digit)
+               ) -> dict: # {'channel': {stage: {mean, std_within, std_of_mean}}, 'spatial': {stage: {auc_vs_digit, ...}}}
+    "Channel-mask spread per stage and, where there are spatial masks, how well they find the distractors, on `inputs`."
+    stages = attention_stages(model)
+    masks = attention_masks(model, inputs)          # eval mode, no grad; the model's mode is restored
+    rows = []
+    for name, m in masks.items():
+        ch = m.get("channel") if isinstance(m, dict) else m
+        if ch is None or ch.ndim != 2: continue
+        ch = ch.float().cpu()
+        rows.append(dict(stage=stages.get(name, name), mean=ch.mean().item(), std_within=ch.std(dim=1).mean().item(),
+                         std_of_mean=ch.mean(0).std().item()))
+    out = {"channel": _stage_means(rows, ("mean", "std_within", "std_of_mean"))}
+    ig = ignoring_maps(masks, tuple(inputs.shape[-2:]))
+    if ig:
+        dist = distractors.cpu().numpy().reshape(-1)
+        dig = digits.cpu().numpy().reshape(-1) if digits is not None else None
+        rows = []
+        for r in distractor_table(ig, distractors.cpu(), stages).itertuples():
+            g = ig[r.module].float().cpu().numpy().reshape(-1)
+            rows.append(dict(stage=r.stage, auc_vs_rest=r.auc, auc_vs_digit=_auc(g, dist, dig) if dig is not None else math.nan,
+                             mean_spatial=float(1 - g.mean())))
+        out["spatial"] = _stage_means(rows, ("auc_vs_rest", "auc_vs_digit", "mean_spatial"))
+    return out
+
+# %% ../nbs/11_analysis.ipynb #9e8df8af
+def _strict(obj):
+    "NaN -> None, recursively, so that the JSON lines are strict JSON."
+    if isinstance(obj, dict): return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj): return None
+    return obj
+
+PROBE_FILE = "probe.jsonl"
+
+def probe_callback(run, # the prepared run (`setup_run`), whose model is probed
+                   batch: ProbeBatch, # the fixed images and masks (`ProbeBatch.from_run(run)`)
+                   out_file, # where the lines go (a run's probe.jsonl)
+                  ) -> Callable[[int, dict], None]: # an `on_epoch_end(epoch, record)` for `run.fit`
+    "After every epoch, probe the model and (re)write that epoch's line in `out_file`, one JSON object per epoch."
+    out_file = Path(out_file)
+    ident = {"arch": run.cfg.arch, "attention": run.cfg.attention, "seed": run.cfg.seed}
+    def on_epoch_end(epoch: int, record: dict) -> None:
+        line = {**ident, "epoch": epoch, "val_loss": record["val_loss"], "val_top1_err": 100 - record["val_top1"],
+                "train_loss": record["train_loss"], **probe_model(run.model, batch.inputs, batch.distractors, batch.digits)}
+        lines = {}
+        if out_file.exists():   # a resumed run: keep the epochs already probed, replace this one
+            for text in out_file.read_text().splitlines():
+                try: lines[json.loads(text)["epoch"]] = text
+                except (ValueError, KeyError, TypeError): continue
+        lines[epoch] = json.dumps(_strict(line))
+        tmp = out_file.with_name(f".{out_file.name}.tmp")
+        tmp.write_text("".join(lines[e] + "\n" for e in sorted(lines))); os.replace(tmp, out_file)
+    return on_epoch_end
+
+# %% ../nbs/11_analysis.ipynb #2a2503b7
+def load_probes(runs: pd.DataFrame, # collected runs (`collect_runs`)
+               ) -> pd.DataFrame: # one row per run, epoch, kind ('channel' / 'spatial'), stage and measure
+    "Every run's probe.jsonl as one long table (runs without one are left out)."
+    rows = []
+    for r in runs.itertuples():
+        p = Path(r.run_dir) / PROBE_FILE
+        if not p.exists(): continue
+        for text in p.read_text().splitlines():
+            try: line = json.loads(text)
+            except ValueError: continue
+            base = {k: getattr(r, k) for k in HISTORY_KEYS} | {"epoch": line.get("epoch"), "synthetic": bool(r.synthetic)}
+            rows.append(base | {"kind": "loss", "stage": "-", "measure": "val_loss", "value": line.get("val_loss")})
+            for kind in ("channel", "spatial"):
+                for stage, vals in (line.get(kind) or {}).items():
+                    rows += [base | {"kind": kind, "stage": stage, "measure": m, "value": v} for m, v in vals.items()]
+    cols = [*HISTORY_KEYS, "epoch", "synthetic", "kind", "stage", "measure", "value"]
+    return pd.DataFrame(rows, columns=cols).astype({"value": float})
+
+# %% ../nbs/11_analysis.ipynb #5f46d1e8
+def _probe_series(probes: pd.DataFrame, kind: str, measure: str) -> pd.DataFrame:
+    "Per run and epoch, the mean of `measure` over the stages of `kind`."
+    sel = probes[(probes["kind"] == kind) & (probes["measure"] == measure)]
+    return sel.groupby(["run_id", "attention", "seed", "epoch"], as_index=False)["value"].mean()
+
+def probe_figure(probes: pd.DataFrame, # from `load_probes`
+                 dataset: str = "cluttered-digits", # the data set of the runs to show
+                 arch: str | None = None, # the architecture (None: the only one there)
+                ) -> Figure:
+    "Per epoch, attend vs ignore: spatial-mask AUC (clutter vs digit), channel-mask spread, validation loss."
+    p = probes[probes["dataset"] == dataset]
+    if arch is None:
+        archs = sorted(p["arch"].unique())
+        if len(archs) != 1: raise ValueError(f"probes of {dataset!r} cover archs {archs}; pass arch=")
+        arch = archs[0]
+    p = p[p["arch"] == arch]
+    if p.empty: raise ValueError(f"no probe.jsonl for {dataset!r} / {arch!r}: the experiment notebook writes it for Cluttered Digits runs")
+    panels = [("spatial", "auc_vs_digit", "spatial masks: AUC, distractors vs digit"),
+              ("channel", "std_within", "channel masks: spread across channels"), ("loss", "val_loss", "validation loss")]
+    fig = Figure(figsize=(12, 3.4)); axes = fig.subplots(1, 3)
+    for ax, (kind, measure, title) in zip(axes, panels):
+        s = _probe_series(p, kind, measure)
+        if s.empty: ax.set_axis_off(); ax.set_title(f"{title}: none"); continue
+        order = method_order(s["attention"].unique())
+        sns.lineplot(data=s, x="epoch", y="value", hue="attention", hue_order=order, palette=_palette(order),
+                     errorbar="sd", marker="o", ax=ax)
+        if measure == "auc_vs_digit": ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        ax.set(title=title, xlabel="epoch", ylabel=measure.replace("_", " "))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True)); ax.legend(fontsize="x-small", title=None)
+    fig.suptitle(labelled(f"Learning to ignore, epoch by epoch: {arch} on {dataset} (mean ± std over seeds)", p))
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/11_analysis.ipynb #17db511d
+def _control_of(spec: str) -> str | None:
+    "The constant-mask control of a spec's family (se-* -> se-const, cbam-* -> cbam-const), None for standard."
+    kind = parse_spec(spec).kind
+    return None if kind == "standard" else f"{kind}-const"
+
+def _mean_std(v) -> str:
+    v = np.asarray(v, float)
+    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
+
+def _compare(a, b, name_a: str, name_b: str, what: str = "test error", lower_is_better: bool = True) -> str:
+    "One sentence: how `a` compares with `b` (means, Welch p), saying 'beyond the seed spread' only when p < 0.05."
+    p = welch_p(a, b)
+    if math.isnan(p): return f"{name_a} vs {name_b}: too few seeds to compare"
+    better = (np.mean(a) < np.mean(b)) == lower_is_better
+    if p < 0.05:
+        return (f"{name_a} {'beats' if better else 'is worse than'} {name_b} beyond the seed spread ({what} "
+                f"{_mean_std(a)} vs {_mean_std(b)}, Welch p = {p:.3f})")
+    return f"{name_a} and {name_b} do not differ beyond the seed spread ({what} {_mean_std(a)} vs {_mean_std(b)}, Welch p = {p:.3f})"
+
+def control_table(runs: pd.DataFrame, # collected runs (`collect_runs`)
+                  dataset: str, arch: str, # the group to compare
+                  metric: str = "top1_err", # the test metric
+                 ) -> pd.DataFrame: # per method: seeds, mean ± std, Welch p vs standard and vs the family's const control
+    "Each method's test metric against no attention and against its constant-mask control, Welch's t-test over seeds."
+    g = _group(runs[runs["status"] == "done"], dataset, arch)
+    g = g.assign(v=run_metric(g, metric))
+    vals = {m: s.dropna().to_numpy() for m, s in g.groupby("attention")["v"]}
+    rows = []
+    for m in method_order(vals):
+        ctrl = _control_of(m)
+        rows.append({"method": m, "seeds": len(vals[m]), METRIC_LABELS[metric]: _mean_std(vals[m]),
+                     "p vs standard": welch_p(vals[m], vals["standard"]) if "standard" in vals and m != "standard" else math.nan,
+                     "control": ctrl if ctrl in vals and ctrl != m else "",
+                     "p vs control": welch_p(vals[m], vals[ctrl]) if ctrl in vals and ctrl != m else math.nan})
+    return pd.DataFrame(rows).set_index("method")
+
+# %% ../nbs/11_analysis.ipynb #4cd9fcc6
+def ignoring_verdict(runs: pd.DataFrame, # collected runs (`collect_runs`)
+                     dataset: str, arch: str, # the group
+                     probes: pd.DataFrame | None = None, # from `load_probes` (None: no sentences about the probe)
+                     early_epochs: int = 2, # epochs counted as "early" for the loss and the masks
+                    ) -> list[str]: # plain sentences, each computed from the runs' numbers
+    "What the runs of one group say about attending, ignoring, the constant control and no attention, in sentences."
+    g = _group(runs[runs["status"] == "done"], dataset, arch)
+    err = {m: s.dropna().to_numpy() for m, s in g.assign(v=run_metric(g, "top1_err")).groupby("attention")["v"]}
+    out = [f"{arch} on {dataset}, test top-1 error (%) over {max((len(v) for v in err.values()), default=0)} seeds:"]
+    for m in method_order(err):
+        if m == "standard": continue
+        if "standard" in err: out.append(_compare(err[m], err["standard"], m, "standard (no attention)"))
+        ctrl = _control_of(m)
+        if ctrl in err and ctrl != m: out.append(_compare(err[m], err[ctrl], m, f"its constant-mask control {ctrl}"))
+    attends = lambda m: parse_spec(m).kind != "standard" and parse_spec(m).flip is None   # se, cbam: standard attention
+    pairs = [(att, ign) for att in err for ign in err if attends(att) and parse_spec(ign).ignores
+             and parse_spec(att).kind == parse_spec(ign).kind]
+    for att, ign in pairs: out.append(_compare(err[ign], err[att], f"ignoring {ign}", f"attending {att}"))
+    if probes is not None and len(probes):
+        p = probes[(probes["dataset"] == dataset) & (probes["arch"] == arch) & (probes["epoch"] <= early_epochs)]
+        for att, ign in pairs:
+            for kind, measure, what, lower in (("loss", "val_loss", f"validation loss over the first {early_epochs} epochs", True),
+                                               ("spatial", "auc_vs_digit", f"spatial-mask AUC (distractors vs digit) over the first {early_epochs} epochs", False)):
+                s = _probe_series(p, kind, measure)
+                a_, i_ = (s[s["attention"] == m].groupby("seed")["value"].mean().to_numpy() for m in (att, ign))
+                if len(a_) and len(i_): out.append(_compare(i_, a_, f"ignoring {ign}", f"attending {att}", what, lower))
+    return out
 
 # %% ../nbs/11_analysis.ipynb #789e9214
 def attention_report(model: nn.Module, images: torch.Tensor, distractors=None, border: float = 0.125,

@@ -390,6 +390,7 @@ def train_run(options: dict, # the run's trainer options (flat, as `resolve_opti
               out: str | Path | None = None, # the run folder (None: `options['out']`, or nothing written)
               nproc_per_node: int = 1, # > 1: train on that many GPUs of this machine through torchrun
               dry_run: bool = False, # True: check the run, write its config.json and split.json, train nothing
+              probe: bool | None = None, # write probe.jsonl after every epoch (Section 4.4); None: for Cluttered Digits runs with attention
              ) -> dict: # the run's metrics (metrics.json), or {'status': 'prepared'} for a dry run
     "Train one run (resuming from `out` if it holds this run's checkpoint) and return its metrics."
     from ignore_attn.train import setup_run, train
@@ -405,7 +406,14 @@ def train_run(options: dict, # the run's trainer options (flat, as `resolve_opti
     lock = Path(options.get("out") or ".") / "running.json"
     if out is not None and lock.exists():  # tell the sweep runner which process trains, so it can stop an orphan
         _write_json(lock, {**_lock(lock.parent), "kernel_pid": os.getpid()})
-    if nproc_per_node <= 1: return train(make_train_config(options))
+    if nproc_per_node <= 1:
+        cfg = make_train_config(options)
+        if probe is None: probe = cfg.data.dataset == "cluttered-digits" and cfg.attention != "standard"
+        if not probe or not options.get("out"): return train(cfg)
+        from ignore_attn.analysis import PROBE_FILE, ProbeBatch, probe_callback
+        run = setup_run(cfg)
+        if run.done_metrics is not None: return run.done_metrics
+        return run.fit(probe_callback(run, ProbeBatch.from_run(run), Path(options["out"]) / PROBE_FILE))
     out = Path(options["out"]); out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "request.json", options)
     subprocess.run(launch_command(out, nproc_per_node), check=True, env={**os.environ, **env})
