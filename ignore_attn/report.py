@@ -309,7 +309,8 @@ ANALYSIS_HELP = ("<p>Per stage, averaged over its CBAM blocks, on test images no
                  "<strong>on_distractors</strong> / <strong>elsewhere</strong>: mean ignoring mass on the distractor "
                  "pixels of Cluttered Digits and on the rest; <strong>auc</strong>: ROC-AUC of the ignoring mass as a "
                  "distractor detector (0.5 = chance).</p>")
-_ANALYSIS_CAPTIONS = {"grad-cam": "Grad-CAM of the last stage for the predicted class, one column per variant (the paper's Figure 2)",
+_ANALYSIS_CAPTIONS = {"learning-to-ignore": "Per epoch, attending vs ignoring: spatial-mask AUC (distractors vs digit), channel-mask spread, validation loss (Section 4.4, measured)",
+                      "grad-cam": "Grad-CAM of the last stage for the predicted class, one column per variant (the paper's Figure 2)",
                       "ignoring-mass": "Ignoring mass (1 - CBAM spatial mask) of each stage over the input",
                       "channel-masks": "Channel-mask values per stage (after the flip), over images and channels"}
 
@@ -324,6 +325,10 @@ def analysis_section(out: Path, executed: Path | None, error: str | None) -> str
     if executed is not None and (out / "analysis.html").exists():
         parts.append(f'<p>The whole analysis, code and all: <a href="analysis.html">analysis notebook</a>.</p>')
     if error: parts.append(f'<div class="notice" id="analysis-error">The analysis notebook did not finish: {html.escape(error)}</div>')
+    for txt in sorted(out.glob("analysis_verdict_*.txt")):   # sentences the notebook computed from the numbers
+        lines = [l for l in txt.read_text().splitlines() if l.strip()]
+        if lines: parts.append(f'<div class="verdict"><p>{html.escape(lines[0])}</p><ul>'
+                               + "".join(f"<li>{html.escape(l)}</li>" for l in lines[1:]) + "</ul></div>")
     for csv in sorted(out.glob("analysis_*.csv")):
         try: df = pd.read_csv(csv)
         except (OSError, ValueError, pd.errors.EmptyDataError): continue
