@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_cli.ipynb #e080ec96
 from __future__ import annotations
-import argparse, json, re, sys, warnings
+import argparse, json, os, re, sys, warnings
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -12,7 +12,8 @@ import torch
 
 from .flip import SPEC_HELP, parse_spec
 from . import data as _data
-from .data import DataConfig
+from .data import CorruptDataError, DataConfig
+from .engine import RunLocked
 from .models import get_model, list_models
 from .train import (PRESETS, SCHEDULE_NAMES, AMP_MODES, L2_MODES, CorruptCheckpointError, RunDir,
                                RunDirConflict, TrainConfig, config_to_dict, resolve_config, resolve_runtime, setup_run)
@@ -104,7 +105,7 @@ def _add_field(group, f, help_text: str) -> None:
 
 def add_train_parser(sub) -> argparse.ArgumentParser:
     "The `train` subcommand's parser."
-    p = sub.add_parser("train", help="train one model, test its best-validation checkpoint",
+    p = sub.add_parser("train", allow_abbrev=False, help="train one model, test its best-validation checkpoint",
                        description="Train one model with the paper's protocol (SGD, step schedule, best-validation\n"
                                    "checkpoint tested on the test set) and write a resumable run folder.",
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,6 +175,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 # %% ../nbs/14_cli.ipynb #dcc97458
 def check_train_config(cfg: TrainConfig) -> TrainConfig:
     "Resolve and check a config without touching data; raises ValueError with the fix in the message."
+    for flag, value in (("--out", cfg.out), ("--data", cfg.data.data_dir), ("--video-dir", cfg.data.video_dir),
+                        ("--rgb-weights", cfg.rgb_weights), ("--skeleton-weights", cfg.skeleton_weights)):
+        _check_utf8(flag, value)
     if cfg.data.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {cfg.data.dataset!r}; choose one of {', '.join(DATASETS)}")
     with warnings.catch_warnings():
@@ -195,8 +199,28 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
     except ValueError as e: raise ValueError(f"--arch {r.arch} --attention {r.attention}: {e}") from None
     except Exception: pass  # a model that cannot be built on 'meta' is checked for real when training starts
     resolve_runtime(r)
-    if r.out: RunDir(r.out).state(config_to_dict(r))
+    if r.out:
+        rd = RunDir(r.out)
+        if rd.state(config_to_dict(r)) != "done" and (holder := rd.holder()) is not None:
+            raise RunLocked(rd.lock_file, holder)  # another command trains there now
     return r
+
+def _check_utf8(flag: str, value) -> None:
+    "Refuse a path that is not valid UTF-8 text (bytes of another encoding): config.json records paths as UTF-8."
+    if not isinstance(value, str): return
+    try: value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{flag} {os.fsencode(value)!r} is not valid UTF-8 (a name in another encoding?); the run "
+                         "records its paths as UTF-8 text: rename it, or pass a symlink with a UTF-8 name") from None
+
+def _one_line(e: BaseException) -> str:
+    "An error's message as one line; for an error re-raised from a DataLoader worker, the worker's own message."
+    msg = str(e)
+    if "Original Traceback" in msg:  # torch wraps a worker's error in its traceback: keep the last line's message
+        last = [l for l in msg.splitlines() if l.strip()][-1]
+        kind, _, text = last.partition(": ")
+        msg = text if text and kind.rsplit(".", 1)[-1].endswith(("Error", "Exception")) else last
+    return " ".join(msg.split())
 
 def _fail(parser: argparse.ArgumentParser, message: str):
     "Exit with status 2 and the message (without argparse's very long usage of `train`)."
@@ -209,13 +233,19 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except (ValueError, TypeError) as e: _fail(parser, str(e))
     if args.dry_run:
         print(json.dumps(config_to_dict(resolved), indent=2)); return 0
-    try: run = setup_run(cfg)
-    except (ValueError, FileNotFoundError, NotADirectoryError, CorruptCheckpointError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr); return 2
+    try: run = setup_run(cfg)  # data, model, the folder's lock: bad input and a busy folder end here, nothing written
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, CorruptCheckpointError) as e:
+        print(f"{parser.prog}: error: {_one_line(e)}", file=sys.stderr); return 2
     try: metrics = run.fit()
     except KeyboardInterrupt:
         print(f"\ninterrupted; run the same command again to resume from the last complete epoch", file=sys.stderr)
         return 130
+    except CorruptDataError as e:  # a damaged image found by a DataLoader worker, during training
+        print(f"{parser.prog}: error: {_one_line(e)}; the run resumes from its last complete epoch once that is fixed",
+              file=sys.stderr)
+        return 2
+    finally:
+        if run.run_dir is not None: run.run_dir.unlock()
     if run.rt.is_main:
         print(f"metrics: {Path(cfg.out) / 'metrics.json'}  test top-1 error {metrics['test_top1_err']:.2f}%")
     return 0
@@ -243,7 +273,7 @@ def add_sweep_parser(sub) -> argparse.ArgumentParser:
 def add_report_parser(sub) -> argparse.ArgumentParser:
     "The `report` subcommand: build the static report site of a runs folder (ignore_attn.report)."
     from ignore_attn.report import add_report_arguments, report_main
-    p = sub.add_parser("report", help="build the report site: the paper's tables reproduced, figures, every run",
+    p = sub.add_parser("report", allow_abbrev=False, help="build the report site: the paper's tables reproduced, figures, every run",
                        description="Build a static report site from a folder of runs.")
     add_report_arguments(p)
     p.set_defaults(run=lambda args, parser: report_main(args), command_parser=p)
@@ -266,7 +296,7 @@ COMMANDS = {"train": add_train_parser, "sweep": add_sweep_parser, "report": add_
 
 def build_parser() -> argparse.ArgumentParser:
     "The `ignore-attn` parser with one subparser per entry of COMMANDS."
-    p = argparse.ArgumentParser(prog="ignore-attn", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(prog="ignore-attn", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Learning to ignore: train and evaluate attention CNNs (SE, CBAM, MMTM) "
                                             "and their ignoring variants.",
                                 epilog="run 'ignore-attn <command> --help' for a command's options and examples")
@@ -275,15 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `ignore-attn` program; returns the exit status."
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if args.command is None:
-        parser.print_help(); return 2
-    if not getattr(args, "accepts_extra", False):
-        if extra: args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        return args.run(args, args.command_parser)
-    return args.run(args, args.command_parser, extra)  # sweep overrides such as --epochs 30
+    "Entry point of the `ignore-attn` program; returns the exit status (2: bad input, nothing done; 130: Ctrl-C)."
+    parser = build_parser()  # abbreviations are off everywhere: `--epoch 3` is an error, not --epochs
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if args.command is None:
+            parser.print_help(); return 2
+        if not getattr(args, "accepts_extra", False):
+            if extra: args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            return args.run(args, args.command_parser)
+        return args.run(args, args.command_parser, extra)  # sweep overrides such as --epochs 30
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr); return 130
 
 # %% ../nbs/14_cli.ipynb #730bef20
 if __name__ == "__main__" and "IPython" not in sys.modules:  # `python -m ignore_attn.cli`, `torchrun -m ignore_attn.cli`
