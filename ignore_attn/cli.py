@@ -270,13 +270,14 @@ def add_sweep_parser(sub) -> argparse.ArgumentParser:
     p.set_defaults(run=_guarded(sweep_main), command_parser=p, accepts_extra=True)
     return p
 
-def add_report_parser(sub) -> argparse.ArgumentParser:
+def add_report_parser(sub, arguments: bool = True) -> argparse.ArgumentParser:
     "The `report` subcommand: build the static report site of a runs folder (ignore_attn.report)."
-    from ignore_attn.report import add_report_arguments, report_main
     p = sub.add_parser("report", allow_abbrev=False, help="build the report site: the paper's tables reproduced, figures, every run",
                        description="Build a static report site from a folder of runs.")
-    add_report_arguments(p)
-    p.set_defaults(run=lambda args, parser: report_main(args), command_parser=p)
+    if arguments:  # the report module brings pandas, matplotlib, seaborn and scipy: seconds of imports other commands skip
+        from ignore_attn.report import add_report_arguments, report_main
+        add_report_arguments(p)
+        p.set_defaults(run=lambda args, parser: report_main(args), command_parser=p)
     return p
 
 def add_reproduce_parser(sub) -> argparse.ArgumentParser:
@@ -294,19 +295,24 @@ def add_reproduce_parser(sub) -> argparse.ArgumentParser:
 COMMANDS = {"train": add_train_parser, "sweep": add_sweep_parser, "report": add_report_parser,
             "reproduce": add_reproduce_parser}
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None, # the command about to run: the others' options need not be defined
+                ) -> argparse.ArgumentParser:
     "The `ignore-attn` parser with one subparser per entry of COMMANDS."
     p = argparse.ArgumentParser(prog="ignore-attn", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Learning to ignore: train and evaluate attention CNNs (SE, CBAM, MMTM) "
                                             "and their ignoring variants.",
                                 epilog="run 'ignore-attn <command> --help' for a command's options and examples")
     sub = p.add_subparsers(dest="command", metavar="<command>")
-    for add in COMMANDS.values(): add(sub)
+    for name, add in COMMANDS.items():
+        if add is add_report_parser: add(sub, arguments=command in (None, "report"))
+        else: add(sub)
     return p
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `ignore-attn` program; returns the exit status (2: bad input, nothing done; 130: Ctrl-C)."
-    parser = build_parser()  # abbreviations are off everywhere: `--epoch 3` is an error, not --epochs
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")  # abbreviations are off: `--epoch 3` is an error
+    parser = build_parser(command)
     try:
         args, extra = parser.parse_known_args(argv)
         if args.command is None:
