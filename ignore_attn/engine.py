@@ -417,6 +417,8 @@ class RunDir:
         "Create the folder if needed and take its lock for this process; RunLocked names the holder if another has it."
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-probe.tmp{os.getpid()}"  # a lock file may exist in a folder now read-only
+            probe.touch(); probe.unlink()
             if self._lock is None: self._lock = RunLock(self.lock_file)
             return self._lock.acquire(extra)
         except OSError as e:

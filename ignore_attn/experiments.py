@@ -330,6 +330,13 @@ def _write_json(path: Path, obj) -> None:
 _ACTIVE: dict[str, dict] = {}
 _STOPPED: set[str] = set()  # sweeps stopped here: their queued runs do not start
 _ACTIVE_GUARD = threading.Lock()
+_THIS_RUN = threading.local()  # the run the current thread executes
+
+class _QuietWhenStopped:
+    "A logging filter: a kernel killed on purpose (Ctrl-C) is not news; papermill would report it as an error."
+    def filter(self, record) -> bool:
+        entry = getattr(_THIS_RUN, "entry", None)
+        return not (entry and entry["stopped"])
 
 def _kill_kernel(entry: dict) -> None:
     "Kill a run's kernel and what it started (our own child: its pid cannot be a stranger's)."
@@ -403,7 +410,9 @@ def execute_run(run: Run,                         # the run
         other = running_elsewhere(d, runner=False)            # a trainer started by hand, or a runner on another host
         if other is not None: return result("running", f"running elsewhere: {describe_holder(other)}")
         import logging, papermill as pm
-        logging.getLogger("papermill").setLevel(logging.ERROR)  # it warns about every option the parameters cell lacks
+        log = logging.getLogger("papermill")
+        log.setLevel(logging.ERROR)  # it warns about every option the parameters cell lacks
+        if not any(isinstance(f, _QuietWhenStopped) for f in log.filters): log.addFilter(_QuietWhenStopped())
         (d / "error.txt").unlink(missing_ok=True)
         _write_json(d / "running.json", {**process_identity(), "started": time.time(), "token": runner.token,
                                          "run_id": run.run_id, "sweep": sweep})
@@ -411,7 +420,7 @@ def execute_run(run: Run,                         # the run
         params = {**run.options, "out": str(d)}
         if device is not None: params["device"] = device
         entry = {"sweep": sweep, "km": None, "stopped": False}
-        with _ACTIVE_GUARD: _ACTIVE[str(d)] = entry
+        with _ACTIVE_GUARD: _ACTIVE[str(d)] = _THIS_RUN.entry = entry
         error, detail = None, ""
         try:
             # The executed copy is always train.ipynb, the name the report looks for, whichever notebook ran.
@@ -425,7 +434,7 @@ def execute_run(run: Run,                         # the run
                 error, detail = f"{type(e).__name__}: {e}", traceback.format_exc()
         finally:
             beat.stop()
-            with _ACTIVE_GUARD: _ACTIVE.pop(str(d), None)
+            with _ACTIVE_GUARD: _ACTIVE.pop(str(d), None); _THIS_RUN.entry = None
         if entry["stopped"]: return result("partial", "interrupted")
         if error is not None: error = _record_error(d, error, detail)
         return result("failed" if error else "done", error)
@@ -465,12 +474,14 @@ class _LocalRuns:
         try: return self.done.get(timeout=timeout)
         except queue.Empty: return None
 
-    def stop(self) -> None:
-        "Start no more runs; kill the kernels of those in progress."
+    def stop(self) -> int:
+        "Start no more runs; kill the kernels of those in progress. Returns how many runs will now never report."
+        dropped = 0
         while True:
-            try: self.todo.get_nowait()
+            try: self.todo.get_nowait(); dropped += 1
             except queue.Empty: break
         stop_runs(self.sweep)
+        return dropped
 
     def close(self) -> None: pass
 
@@ -546,10 +557,11 @@ class _DaskRuns:
         try: return self.done.get(timeout=timeout)
         except queue.Empty: return None
 
-    def stop(self) -> None:
-        "On every worker: start no more runs of this sweep, kill the kernels of those in progress."
+    def stop(self) -> int:
+        "On every worker: start no more runs of this sweep (they report at once), kill the kernels of those in progress."
         try: self.client.run(stop_runs, self.sweep)
         except Exception as e: print(f"could not reach every Dask worker to stop its runs ({e})", flush=True)
+        return 0
 
     def close(self) -> None:
         try: self.client.cancel([f for f in getattr(self, "futs", {}) if not f.done()])
@@ -616,9 +628,9 @@ def run_sweep(runs: list[Run],                   # the runs (expand, merge_runs)
             bar.clear()
             print("\ninterrupted: stopping the runs in progress; each stays resumable", flush=True)
             if backend is not None:
-                backend.stop()
+                expected = len(todo) - backend.stop()  # runs that never started will not report
                 deadline = time.time() + 30
-                while len(results) < len(todo) and time.time() < deadline:
+                while len(results) < expected and time.time() < deadline:
                     try: res = backend.next(0.2)
                     except KeyboardInterrupt: break
                     if res is not None: take(res)

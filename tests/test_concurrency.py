@@ -72,10 +72,11 @@ def test_a_busy_folder_is_refused_naming_its_holder_and_nothing_is_computed_twic
     wait_for(lambda: (out / "last.pt").exists(), "the first command's first epoch")
     holder = lock_holder(out / ".lock")
     assert holder["pid"] == pid and holder["host"] == socket.gethostname()
-    for other in (cmd, [*ARGS, "--epochs", "30", "--seed", "1", "--out", str(out)]):  # the same command, another seed
-        r = cmds.run(other)
-        assert r["code"] == 2 and f"held by pid {pid} on host {socket.gethostname()} since" in r["output"], r
-        assert "epoch " not in r["output"]  # it trained nothing
+    r = cmds.run(cmd)  # the very same command would compute the same run a second time
+    assert r["code"] == 2 and f"held by pid {pid} on host {socket.gethostname()} since" in r["output"], r
+    assert "epoch " not in r["output"]  # it trained nothing
+    r = cmds.run([*ARGS, "--epochs", "30", "--seed", "1", "--out", str(out)])  # another seed: another run's folder
+    assert r["code"] == 2 and "seed: 0 in the folder, 1 now" in r["output"], r
     first = cmds.wait(pid, log)
     assert first["code"] == 0, first["output"][-2000:]
     assert lock_holder(out / ".lock") is None
@@ -158,7 +159,9 @@ def test_ctrl_c_stops_a_sweep_its_kernels_and_leaves_every_run_resumable(cmds, t
     wait_for(lambda: (first / "last.pt").exists(), "the first run's first epoch")
     trainer = lock_holder(first / ".lock")
     os.kill(pid, signal.SIGINT)
+    t0 = time.time()
     r = cmds.wait(pid, log)
+    print(f"the sweep ended {time.time() - t0:.1f} s after Ctrl-C")  # seen with -s; not asserted (a loaded machine)
     assert r["code"] == 130, r["output"][-3000:]
     final = [l for l in r["output"].splitlines() if l.startswith("interrupted; final: ")]
     assert "Traceback" not in r["output"] and final and "partial" in final[0] and "failed" not in final[0], r["output"][-3000:]
