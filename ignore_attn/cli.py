@@ -295,10 +295,21 @@ def add_reproduce_parser(sub) -> argparse.ArgumentParser:
 COMMANDS = {"train": add_train_parser, "sweep": add_sweep_parser, "report": add_report_parser,
             "reproduce": add_reproduce_parser}
 
+class _Parser(argparse.ArgumentParser):
+    "An ArgumentParser whose errors are one line and a pointer to --help (not the 60-line usage of `train`)."
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            import difflib
+            flags = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+            near = [difflib.get_close_matches(t.split("=")[0], flags, 1) for t in message.split(":", 1)[1].split()
+                    if t.startswith("--")]
+            if any(near): message += f" (did you mean {', '.join(n[0] for n in near if n)}?)"
+        _fail(self, message)
+
 def build_parser(command: str | None = None, # the command about to run: the others' options need not be defined
                 ) -> argparse.ArgumentParser:
     "The `ignore-attn` parser with one subparser per entry of COMMANDS."
-    p = argparse.ArgumentParser(prog="ignore-attn", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = _Parser(prog="ignore-attn", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Learning to ignore: train and evaluate attention CNNs (SE, CBAM, MMTM) "
                                             "and their ignoring variants.",
                                 epilog="run 'ignore-attn <command> --help' for a command's options and examples")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_engine.ipynb #b6243d26
 from __future__ import annotations
-import csv, fcntl, io, json, math, os, random, secrets, signal, socket, sys, threading, time, warnings
+import csv, errno, fcntl, io, json, math, os, random, secrets, signal, socket, sys, threading, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -224,7 +224,7 @@ def describe_holder(h: dict) -> str:
     text = (f"held by pid {h.get('pid')} on host {h.get('host')} since {h.get('since_text', '?')}"
             + (f" ({cmd[:160]}{' ...' if len(cmd) > 160 else ''})" if cmd else ""))
     if h.get("host") == socket.gethostname() and not is_same_process(h):
-        text += "; that process has exited, and a child it left (a DataLoader worker) lets the lock go within seconds"
+        text += " (a record left by a process that has exited: another one is just taking the lock)"
     elif h.get("host") != socket.gethostname():
         text += f"; from another host it counts until {STALE_AFTER_S:.0f} s after its last heartbeat"
     return text
@@ -236,13 +236,21 @@ class RunLocked(RunDirConflict):
         super().__init__(f"run folder {self.lock_path.parent} is in use: {describe_holder(self.holder)}. Nothing was "
                          "changed. Wait until that run ends (the same command then resumes or reports it), or use another --out.")
 
-# Locks this process holds, by path. A probe must not open them: closing any descriptor of a file drops the
-# process's POSIX locks on it, and NFS implements flock with POSIX locks.
+# Locks this process holds, by path. Nothing in this process may open them again: closing any descriptor of a file
+# drops the process's POSIX locks on it. And POSIX locks do not conflict within one process, so this is also what
+# refuses a second lock of one folder here.
 _HELD: dict[str, "RunLock"] = {}
 _HELD_GUARD = threading.Lock()
 
+def _try_lock(fd: int, exclusive: bool = True) -> bool:
+    "Try to take a POSIX record lock on the whole file without waiting; False when another process holds it."
+    try: fcntl.lockf(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB); return True
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EAGAIN): return False
+        raise
+
 class RunLock:
-    "An exclusive `flock` on a lock file, held until `release` or the end of the process; the holder's record inside."
+    "An exclusive OS lock (POSIX, `fcntl.lockf`) on a lock file, held until `release` or the end of the process; the holder's record inside."
     def __init__(self, path: str | Path):
         self.path, self._file, self._beat, self.info, self.token = Path(path), None, None, None, None
 
@@ -251,34 +259,40 @@ class RunLock:
 
     def acquire(self, extra: dict | None = None, # more fields for the holder record (e.g. the runner's token)
                 wait: float = 1.0,                # retry this long: a status probe holds a free lock for microseconds
-                dead_wait: float = 15.0,          # longer while the holder is dead but a child of it keeps the lock
                ) -> RunLock:
         "Take the lock, or raise RunLocked naming its holder."
         if self.held: return self
-        key = str(self.path.absolute())
-        with _HELD_GUARD: mine = _HELD.get(key)
-        if mine is not None: raise RunLocked(self.path, mine.info)  # another RunLock of this very process
-        f = open(self.path, "a+b")   # append mode: opening never truncates a holder's record
+        key = str(self.path.resolve())
+        with _HELD_GUARD:  # one process cannot conflict with itself through the OS: this registry refuses it
+            mine = _HELD.setdefault(key, self)
+        if mine is not self: raise RunLocked(self.path, mine.info)
+        try:
+            f = open(self.path, "a+b")   # append mode: opening never truncates a holder's record
+        except BaseException:
+            with _HELD_GUARD: _HELD.pop(key, None)
+            raise
         try:
             t0 = time.monotonic()
             while True:
-                try: fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB); break
-                except BlockingIOError:
-                    holder = read_holder(self.path)
-                    dead = bool(holder) and holder.get("host") == socket.gethostname() and not is_same_process(holder)
-                    if time.monotonic() - t0 > (dead_wait if dead else wait): raise RunLocked(self.path, holder) from None
-                    time.sleep(0.05)
-            previous = read_holder(self.path)  # erased by a clean release; a crash leaves it
+                if _try_lock(f.fileno()): break
+                if time.monotonic() - t0 > wait: raise RunLocked(self.path, read_holder(self.path))
+                time.sleep(0.05)
+            # Read through our own descriptor: closing any other descriptor of the file would drop our lock.
+            f.seek(0)
+            try: previous = json.loads(f.read() or b"{}")   # erased by a clean release; a crash leaves it
+            except ValueError: previous = {}
+            previous = previous if isinstance(previous, dict) else {}
             if previous and previous.get("host") != socket.gethostname() and is_fresh(self.path):
-                raise RunLocked(self.path, previous)  # flock may not reach that host: trust its heartbeat
+                raise RunLocked(self.path, previous)  # our lock may not reach that host: trust its heartbeat
             self.token = secrets.token_hex(8)
             self.info = {**process_identity(), "since": time.time(), "since_text": time.strftime("%Y-%m-%d %H:%M:%S %z"),
                          "token": self.token, **(extra or {})}
             f.truncate(0); f.write(json.dumps(self.info).encode()); f.flush(); os.fsync(f.fileno())
         except BaseException:
-            f.close(); raise
-        self._file = f
-        with _HELD_GUARD: _HELD[key] = self
+            f.close()
+            with _HELD_GUARD: _HELD.pop(key, None)
+            raise
+        self._file, self._key = f, key
         self._beat = Heartbeat(self.path)
         return self
 
@@ -286,8 +300,8 @@ class RunLock:
         "Erase the holder record and let the lock go (a no-op when not held)."
         if self._file is None: return
         self._beat.stop()
-        with _HELD_GUARD: _HELD.pop(str(self.path.absolute()), None)
-        try: self._file.truncate(0)
+        with _HELD_GUARD: _HELD.pop(self._key, None)
+        try: self._file.truncate(0); self._file.flush()
         except OSError: pass
         self._file.close()  # closing the descriptor drops the lock
         self._file = None
@@ -299,20 +313,17 @@ def lock_holder(path: str | Path, # a lock file
                ) -> dict | None:
     "Who holds the lock file `path`: its holder record ({} while a holder starts), or None when nobody does."
     path = Path(path)
-    with _HELD_GUARD: mine = _HELD.get(str(path.absolute()))
-    if mine is not None: return dict(mine.info)
-    try: fd = os.open(path, os.O_RDWR)   # write access: NFS grants exclusive (POSIX) locks only to writers
+    with _HELD_GUARD: mine = _HELD.get(str(path.resolve()))
+    if mine is not None: return dict(mine.info or {})  # ours (or being taken by another thread of ours)
+    writable = True
+    try: fd = os.open(path, os.O_RDWR)   # an exclusive POSIX lock needs write access
     except FileNotFoundError: return None
     except OSError:
-        try: fd = os.open(path, os.O_RDONLY)
+        try: fd, writable = os.open(path, os.O_RDONLY), False  # a read-only folder: a shared probe will do
         except OSError: return None
     try:
-        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError: return read_holder(path)
-        except OSError:  # a read-only descriptor where exclusive locks need write access: a shared probe will do
-            try: fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError: return read_holder(path)
-        fcntl.flock(fd, fcntl.LOCK_UN)   # free here; let it go at once
+        if not _try_lock(fd, exclusive=writable): return read_holder(path)
+        fcntl.lockf(fd, fcntl.LOCK_UN)   # free here; let it go at once
     finally: os.close(fd)
     record = read_holder(path)
     if record and record.get("host") != socket.gethostname() and is_fresh(path): return record

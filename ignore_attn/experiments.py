@@ -248,7 +248,7 @@ def running_elsewhere(run_dir: Path, # a run folder
     for lock in ((RUNNER_LOCK_FILE, LOCK_FILE) if runner else (LOCK_FILE,)):
         holder = lock_holder(d / lock)
         if holder is not None: return holder
-    info = _lock(d)  # another host's runner: its flock may not reach us, its heartbeat does
+    info = _lock(d)  # another host's runner: its lock may not reach us, its heartbeat does
     if info and info.get("host") != socket.gethostname() and is_fresh(d / "running.json"): return info
     return None
 

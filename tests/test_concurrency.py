@@ -122,7 +122,7 @@ def test_a_run_trained_by_hand_here_is_skipped_as_running_elsewhere(tmp_path):
     run = expand({**TINY, "attentions": ["standard"]}, name="one")[0]
     out = tmp_path / "runs"
     d = out / run.run_id; d.mkdir(parents=True)
-    grab = ("import fcntl, sys, time; f = open(sys.argv[1], 'a+b'); fcntl.flock(f, fcntl.LOCK_EX); "
+    grab = ("import fcntl, sys, time; f = open(sys.argv[1], 'a+b'); fcntl.lockf(f, fcntl.LOCK_EX); "
             "print('locked', flush=True); time.sleep(600)")
     trainer = subprocess.Popen([sys.executable, "-c", grab, str(d / ".lock")], stdout=subprocess.PIPE, text=True)
     try:

@@ -170,7 +170,7 @@ def test_restart_stops_an_orphaned_kernel_and_no_stranger(tmp_path):
     finally:
         stranger.kill(); stranger.wait()
     # The real orphan: a process holding the trainer's lock, recorded with the dead runner's token.
-    grab = ("import fcntl, sys, time; f = open(sys.argv[1], 'a+b'); fcntl.flock(f, fcntl.LOCK_EX); "
+    grab = ("import fcntl, sys, time; f = open(sys.argv[1], 'a+b'); fcntl.lockf(f, fcntl.LOCK_EX); "
             "print('locked', flush=True); time.sleep(600)")
     orphan = subprocess.Popen([sys.executable, "-c", grab, str(run_dir / ".lock")], stdout=subprocess.PIPE, text=True)
     try:
