@@ -615,8 +615,8 @@ def run_sweep(runs: list[Run],                   # the runs (expand, merge_runs)
             bar.set_postfix(done=n["done"], failed=n["failed"], elsewhere=n["running"], left=left,
                             eta=f"{eta / 60:.1f} min", refresh=False)
             bar.update(1)  # one refresh, with the new count and the new postfix together
-            if res["state"] in ("failed", "running") and not progress:
-                print(f"{'failed' if res['state'] == 'failed' else 'skipped'}: {res['run_id']}: {res['error']}", flush=True)
+            if res["state"] == "running": bar.write(f"skipped {res['run_id']}: {res['error']}")  # shown with or without a bar
+            elif res["state"] == "failed" and not progress: print(f"failed: {res['run_id']}: {res['error']}", flush=True)
         try:
             backend = (_DaskRuns(todo, out, notebook, scheduler, gpu, sweep) if scheduler is not None
                        else _LocalRuns(todo, out, notebook, slots, sweep))
