@@ -54,7 +54,12 @@ the output folder:
 
 resuming: run the very same command again. A killed run continues from its last
 complete epoch and ends exactly as an uninterrupted one; a finished run just
-prints its metrics. A folder holding a different run is never overwritten.
+prints its metrics. A folder holding a different run is never overwritten, and
+a folder another command is training in is refused, naming that command (host,
+pid, since when): one process trains in a folder at a time.
+
+exit status: 0 done; 2 bad input or a refused folder (nothing was written);
+130 interrupted (Ctrl-C; the run resumes from its last complete epoch).
 """
 
 # %% ../nbs/14_cli.ipynb #fd1e8a68
@@ -255,7 +260,7 @@ def _guarded(run):
     "Wrap a command so that bad input (ValueError, FileNotFoundError) exits with status 2 and a one-line message."
     def wrapped(args, parser, extra=()):
         try: return run(args, list(extra))
-        except (ValueError, FileNotFoundError) as e: _fail(parser, str(e))
+        except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError) as e: _fail(parser, str(e))
     return wrapped
 
 def add_sweep_parser(sub) -> argparse.ArgumentParser:

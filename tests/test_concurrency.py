@@ -177,3 +177,27 @@ def test_ctrl_c_stops_a_sweep_its_kernels_and_leaves_every_run_resumable(cmds, t
     again = cmds.run(["sweep", str(sweep), "--out", str(out)])  # the same command resumes and finishes
     assert again["code"] == 0 and "final: 2 done" in again["output"], again["output"][-3000:]
     assert "resuming" in json.dumps(json.loads((first / "train.ipynb").read_text())["cells"])
+
+
+def _can_unshare() -> bool:
+    try: return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode == 0
+    except OSError: return False
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs `unshare --pid --fork --mount-proc` (root or user namespaces)")
+def test_a_sweep_killed_in_a_pid_namespace_resumes_in_the_next(tmp_path):
+    "Issue 11, item 5, as reported: each sweep in a fresh pid namespace, where pids start again at 1 and are reused."
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({**TINY, "epochs": 6}))
+    out = tmp_path / "runs"
+    first = out / expand({**TINY, "epochs": 6}, name="s")[0].run_id
+    cmd = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, "-m", "ignore_attn.cli",
+           "sweep", str(sweep), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try: wait_for(lambda: (first / "last.pt").exists() or p.poll() is not None, "the first run's first epoch")
+    finally: p.kill(); p.wait()  # unshare dies, its child (pid 1 there) and all it started die with it
+    assert not (first / "metrics.json").exists(), "killed too late"
+    assert json.loads((first / "running.json").read_text())["pid"] <= 10  # a pid the next namespace hands out again
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "final: 2 done" in again.stdout, again.stdout[-3000:] + again.stderr[-2000:]
