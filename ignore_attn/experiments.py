@@ -388,7 +388,7 @@ def execute_run(run: Run,                         # the run
                 kernel_name: str | None = None,   # Jupyter kernel (default python3)
                 sweep: str | None = None,         # the sweep's id, for stop_runs
                ) -> dict:
-    "Execute one run's notebook with papermill once, under the run's lock, it is known to need it; return {run_id, state, seconds, error}."
+    "Execute one run's notebook with papermill if, decided under the run's lock, it still needs to run; return {run_id, state, seconds, error}."
     t0, out = time.time(), Path(out)
     result = lambda state, error=None: dict(run_id=run.run_id, state=state, seconds=time.time() - t0, error=error)
     if sweep in _STOPPED: return result("partial", "interrupted before it started")
@@ -421,7 +421,7 @@ def execute_run(run: Run,                         # the run
         if device is not None: params["device"] = device
         entry = {"sweep": sweep, "km": None, "stopped": False}
         with _ACTIVE_GUARD: _ACTIVE[str(d)] = _THIS_RUN.entry = entry
-        error, detail = None, ""
+        error, detail, ctrl_c = None, "", False
         try:
             # The executed copy is always train.ipynb, the name the report looks for, whichever notebook ran.
             pm.execute_notebook(str(notebook or notebook_for(run)), str(d / "train.ipynb"), parameters=params,
@@ -430,11 +430,12 @@ def execute_run(run: Run,                         # the run
                                 extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no kernel start-up chatter
             if run_status(d) != "done": error = "the notebook finished but metrics.json does not say the run is done"
         except BaseException as e:  # an interrupted run must also stay resumable
-            if not (entry["stopped"] or isinstance(e, KeyboardInterrupt)):
-                error, detail = f"{type(e).__name__}: {e}", traceback.format_exc()
+            ctrl_c = isinstance(e, KeyboardInterrupt)  # (only when this runs in the main thread)
+            if not (entry["stopped"] or ctrl_c): error, detail = f"{type(e).__name__}: {e}", traceback.format_exc()
         finally:
             beat.stop()
             with _ACTIVE_GUARD: _ACTIVE.pop(str(d), None); _THIS_RUN.entry = None
+        if ctrl_c: raise KeyboardInterrupt  # after the clean-up below, for the caller to stop too
         if entry["stopped"]: return result("partial", "interrupted")
         if error is not None: error = _record_error(d, error, detail)
         return result("failed" if error else "done", error)

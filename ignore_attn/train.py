@@ -383,6 +383,9 @@ def setup_run(cfg: TrainConfig) -> Run:
             run_dir.lock({"role": "train", "runner_token": os.environ.get(RUNNER_TOKEN_ENV)})
             if run_dir.state(config) != state:
                 run_dir.unlock()
+                if rt.distributed:  # the other ranks are past this point: no starting over together
+                    raise RunDirConflict(f"{run_dir.path} changed while this run was starting (another command "
+                                         "finished or advanced it); run the same command again")
                 return setup_run(cfg_given)
             _prepare_folder(run, config, split, state)
         if rt.distributed: dist.barrier()
@@ -411,7 +414,9 @@ def _repair_best(rd: RunDir) -> None:
     except CorruptCheckpointError: return
     best = ck.get("best") or {}
     if ck.get("best_model") is None or best.get("epoch") != epoch: return
-    rd.lock({"role": "repair"})
+    try: rd.lock({"role": "repair"})
+    except RunDirConflict as e:  # read-only, or busy: the finished run is still reported
+        print(f"{rd.best} is missing or damaged and cannot be rebuilt now: {e}", flush=True); return
     try: save_checkpoint(rd.best, {"format": CHECKPOINT_FORMAT, "epoch": epoch, "model": ck["best_model"],
                                    "val_top1": best.get("val_top1")})
     finally: rd.unlock()

@@ -72,14 +72,14 @@ def test_a_damaged_best_checkpoint_of_a_finished_run_recovers_as_advised(finishe
 
 
 # ------------------------------------------------------------ Dask across machines
-distributed = pytest.importorskip("distributed")
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SWEEP = dict(datasets=["cluttered-digits"], archs=["resnet8-cifar"], attentions=["standard", "se-ign3"], seeds=[0],
              epochs=1, schedule="quick", batch_size=32, n_train=64, n_val=32, n_test=32, device="cpu", quiet=True)
 FAKE_RUN = '''import json, time
 from pathlib import Path
 run = Path(out)
-(run / "device.txt").write_text(str(device)); (run / "out.txt").write_text(out)
+(run / "device.txt").write_text(str(device if device is not None else config.get("device")))
+(run / "out.txt").write_text(out)
 root = run.parents[3]  # <out>/<dataset>/<arch>/<attention>/seed<N>
 wanted = len(json.loads((root / "sweep.json").read_text()))
 t0 = time.time()  # hold the device until every run of the sweep has one: they run at the same time
@@ -88,10 +88,18 @@ while len(list(root.rglob("device.txt"))) < wanted and time.time() - t0 < 120: t
 '''
 
 
+@pytest.fixture(autouse=True)
+def restored_environment():
+    "A LocalCluster sets OMP_NUM_THREADS=1 and more in this process's environment for good; later tests must not inherit it."
+    saved = dict(os.environ)
+    yield
+    os.environ.clear(); os.environ.update(saved)
+
+
 def fake_notebook(tmp_path: Path) -> Path:
     "An experiment notebook that trains nothing: it records the device and folder it was given, then says done."
     nb = {"cells": [{"cell_type": "code", "metadata": {"tags": ["parameters"]}, "outputs": [], "execution_count": None,
-                     "source": "out = None\ndevice = None\n", "id": "params"},
+                     "source": "out = None\ndevice = None\nconfig = {}\n", "id": "params"},
                     {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": FAKE_RUN,
                      "id": "record"}],
           "metadata": {"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}},
@@ -102,6 +110,7 @@ def fake_notebook(tmp_path: Path) -> Path:
 
 
 def test_each_run_on_a_multi_gpu_dask_worker_gets_its_own_device(tmp_path):
+    distributed = pytest.importorskip("distributed")
     runs = expand(SWEEP, name="gpus")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, resources={"GPU": 2},
                                   dashboard_address=None, env=THREADS) as cluster, distributed.Client(cluster) as client:
@@ -112,6 +121,7 @@ def test_each_run_on_a_multi_gpu_dask_worker_gets_its_own_device(tmp_path):
 
 
 def test_a_relative_out_is_resolved_on_the_client(tmp_path, monkeypatch):
+    distributed = pytest.importorskip("distributed")
     (tmp_path / "worker").mkdir(); (tmp_path / "client").mkdir()
     runs = expand({**SWEEP, "attentions": ["standard"]}, name="rel")
     monkeypatch.chdir(tmp_path / "worker")  # the worker starts here ...
