@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_cli.ipynb #e080ec96
 from __future__ import annotations
-import argparse, json, re, sys, warnings
+import argparse, json, os, re, sys, warnings
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -13,7 +13,8 @@ import torch
 from .flip import SPEC_HELP, parse_spec
 from .attention import INITS
 from . import data as _data
-from .data import DataConfig
+from .data import CorruptDataError, DataConfig
+from .engine import RunLocked
 from .models import get_model, list_models
 from .train import (PRESETS, SCHEDULE_NAMES, AMP_MODES, L2_MODES, CorruptCheckpointError, RunDir,
                                RunDirConflict, TrainConfig, config_to_dict, resolve_config, resolve_runtime, setup_run)
@@ -54,7 +55,12 @@ the output folder:
 
 resuming: run the very same command again. A killed run continues from its last
 complete epoch and ends exactly as an uninterrupted one; a finished run just
-prints its metrics. A folder holding a different run is never overwritten.
+prints its metrics. A folder holding a different run is never overwritten, and
+a folder another command is training in is refused, naming that command (host,
+pid, since when): one process trains in a folder at a time.
+
+exit status: 0 done; 2 bad input or a refused folder (nothing was written);
+130 interrupted (Ctrl-C; the run resumes from its last complete epoch).
 """
 
 # %% ../nbs/14_cli.ipynb #fd1e8a68
@@ -108,7 +114,7 @@ def _add_field(group, f, help_text: str) -> None:
 
 def add_train_parser(sub) -> argparse.ArgumentParser:
     "The `train` subcommand's parser."
-    p = sub.add_parser("train", help="train one model, test its best-validation checkpoint",
+    p = sub.add_parser("train", allow_abbrev=False, help="train one model, test its best-validation checkpoint",
                        description="Train one model with the paper's protocol (SGD, step schedule, best-validation\n"
                                    "checkpoint tested on the test set) and write a resumable run folder.",
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,6 +186,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 # %% ../nbs/14_cli.ipynb #dcc97458
 def check_train_config(cfg: TrainConfig) -> TrainConfig:
     "Resolve and check a config without touching data; raises ValueError with the fix in the message."
+    for flag, value in (("--out", cfg.out), ("--data", cfg.data.data_dir), ("--video-dir", cfg.data.video_dir),
+                        ("--rgb-weights", cfg.rgb_weights), ("--skeleton-weights", cfg.skeleton_weights)):
+        _check_utf8(flag, value)
     if cfg.data.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {cfg.data.dataset!r}; choose one of {', '.join(DATASETS)}")
     with warnings.catch_warnings():
@@ -201,8 +210,28 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
     except ValueError as e: raise ValueError(f"--arch {r.arch} --attention {r.attention}: {e}") from None
     except Exception: pass  # a model that cannot be built on 'meta' is checked for real when training starts
     resolve_runtime(r)
-    if r.out: RunDir(r.out).state(config_to_dict(r))
+    if r.out:
+        rd = RunDir(r.out)
+        if rd.state(config_to_dict(r)) != "done" and (holder := rd.holder()) is not None:
+            raise RunLocked(rd.lock_file, holder)  # another command trains there now
     return r
+
+def _check_utf8(flag: str, value) -> None:
+    "Refuse a path that is not valid UTF-8 text (bytes of another encoding): config.json records paths as UTF-8."
+    if not isinstance(value, str): return
+    try: value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{flag} {os.fsencode(value)!r} is not valid UTF-8 (a name in another encoding?); the run "
+                         "records its paths as UTF-8 text: rename it, or pass a symlink with a UTF-8 name") from None
+
+def _one_line(e: BaseException) -> str:
+    "An error's message as one line; for an error re-raised from a DataLoader worker, the worker's own message."
+    msg = str(e)
+    if "Original Traceback" in msg:  # torch wraps a worker's error in its traceback: keep the last line's message
+        last = [l for l in msg.splitlines() if l.strip()][-1]
+        kind, _, text = last.partition(": ")
+        msg = text if text and kind.rsplit(".", 1)[-1].endswith(("Error", "Exception")) else last
+    return " ".join(msg.split())
 
 def _fail(parser: argparse.ArgumentParser, message: str):
     "Exit with status 2 and the message (without argparse's very long usage of `train`)."
@@ -215,13 +244,19 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except (ValueError, TypeError) as e: _fail(parser, str(e))
     if args.dry_run:
         print(json.dumps(config_to_dict(resolved), indent=2)); return 0
-    try: run = setup_run(cfg)
-    except (ValueError, FileNotFoundError, NotADirectoryError, CorruptCheckpointError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr); return 2
+    try: run = setup_run(cfg)  # data, model, the folder's lock: bad input and a busy folder end here, nothing written
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, CorruptCheckpointError) as e:
+        print(f"{parser.prog}: error: {_one_line(e)}", file=sys.stderr); return 2
     try: metrics = run.fit()
     except KeyboardInterrupt:
         print(f"\ninterrupted; run the same command again to resume from the last complete epoch", file=sys.stderr)
         return 130
+    except CorruptDataError as e:  # a damaged image found by a DataLoader worker, during training
+        print(f"{parser.prog}: error: {_one_line(e)}; the run resumes from its last complete epoch once that is fixed",
+              file=sys.stderr)
+        return 2
+    finally:
+        if run.run_dir is not None: run.run_dir.unlock()
     if run.rt.is_main:
         print(f"metrics: {Path(cfg.out) / 'metrics.json'}  test top-1 error {metrics['test_top1_err']:.2f}%")
     return 0
@@ -231,7 +266,7 @@ def _guarded(run):
     "Wrap a command so that bad input (ValueError, FileNotFoundError) exits with status 2 and a one-line message."
     def wrapped(args, parser, extra=()):
         try: return run(args, list(extra))
-        except (ValueError, FileNotFoundError) as e: _fail(parser, str(e))
+        except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError) as e: _fail(parser, str(e))
     return wrapped
 
 def add_sweep_parser(sub) -> argparse.ArgumentParser:
@@ -246,13 +281,14 @@ def add_sweep_parser(sub) -> argparse.ArgumentParser:
     p.set_defaults(run=_guarded(sweep_main), command_parser=p, accepts_extra=True)
     return p
 
-def add_report_parser(sub) -> argparse.ArgumentParser:
+def add_report_parser(sub, arguments: bool = True) -> argparse.ArgumentParser:
     "The `report` subcommand: build the static report site of a runs folder (ignore_attn.report)."
-    from ignore_attn.report import add_report_arguments, report_main
-    p = sub.add_parser("report", help="build the report site: the paper's tables reproduced, figures, every run",
+    p = sub.add_parser("report", allow_abbrev=False, help="build the report site: the paper's tables reproduced, figures, every run",
                        description="Build a static report site from a folder of runs.")
-    add_report_arguments(p)
-    p.set_defaults(run=lambda args, parser: report_main(args), command_parser=p)
+    if arguments:  # the report module brings pandas, matplotlib, seaborn and scipy: seconds of imports other commands skip
+        from ignore_attn.report import add_report_arguments, report_main
+        add_report_arguments(p)
+        p.set_defaults(run=lambda args, parser: report_main(args), command_parser=p)
     return p
 
 def add_reproduce_parser(sub) -> argparse.ArgumentParser:
@@ -270,26 +306,45 @@ def add_reproduce_parser(sub) -> argparse.ArgumentParser:
 COMMANDS = {"train": add_train_parser, "sweep": add_sweep_parser, "report": add_report_parser,
             "reproduce": add_reproduce_parser}
 
-def build_parser() -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    "An ArgumentParser whose errors are one line and a pointer to --help (not the 60-line usage of `train`)."
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            import difflib
+            flags = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+            near = [difflib.get_close_matches(t.split("=")[0], flags, 1) for t in message.split(":", 1)[1].split()
+                    if t.startswith("--")]
+            if any(near): message += f" (did you mean {', '.join(n[0] for n in near if n)}?)"
+        _fail(self, message)
+
+def build_parser(command: str | None = None, # the command about to run: the others' options need not be defined
+                ) -> argparse.ArgumentParser:
     "The `ignore-attn` parser with one subparser per entry of COMMANDS."
-    p = argparse.ArgumentParser(prog="ignore-attn", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = _Parser(prog="ignore-attn", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Learning to ignore: train and evaluate attention CNNs (SE, CBAM, MMTM) "
                                             "and their ignoring variants.",
                                 epilog="run 'ignore-attn <command> --help' for a command's options and examples")
     sub = p.add_subparsers(dest="command", metavar="<command>")
-    for add in COMMANDS.values(): add(sub)
+    for name, add in COMMANDS.items():
+        if add is add_report_parser: add(sub, arguments=command in (None, "report"))
+        else: add(sub)
     return p
 
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `ignore-attn` program; returns the exit status."
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if args.command is None:
-        parser.print_help(); return 2
-    if not getattr(args, "accepts_extra", False):
-        if extra: args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        return args.run(args, args.command_parser)
-    return args.run(args, args.command_parser, extra)  # sweep overrides such as --epochs 30
+    "Entry point of the `ignore-attn` program; returns the exit status (2: bad input, nothing done; 130: Ctrl-C)."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")  # abbreviations are off: `--epoch 3` is an error
+    parser = build_parser(command)
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if args.command is None:
+            parser.print_help(); return 2
+        if not getattr(args, "accepts_extra", False):
+            if extra: args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            return args.run(args, args.command_parser)
+        return args.run(args, args.command_parser, extra)  # sweep overrides such as --epochs 30
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr); return 130
 
 # %% ../nbs/14_cli.ipynb #730bef20
 if __name__ == "__main__" and "IPython" not in sys.modules:  # `python -m ignore_attn.cli`, `torchrun -m ignore_attn.cli`

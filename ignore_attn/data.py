@@ -27,9 +27,9 @@ __all__ = ['DATASETS', 'SPLITS', 'NORMALIZATIONS', 'AUGMENTATIONS', 'PAD_MODES',
            'NATIVE_SIZE', 'NTU_PROTOCOLS', 'DATA_DEFAULTS', 'IMAGE_DATASETS', 'DATA_BUILDERS', 'register_data',
            'CIFAR_FILES', 'IMAGE_EXTENSIONS', 'SPLIT_VERSION', 'DataConfig', 'seeded_generator', 'stratified_order',
            'make_split', 'stratified_subset', 'norm_stats', 'normalize', 'shift_images', 'flip_images', 'epoch_plan',
-           'cifar_folder', 'read_cifar', 'write_cifar', 'folder_layout_help', 'list_image_folder', 'read_image_folder',
-           'cache_dir', 'load_image', 'fit_image', 'decode_images', 'Loader', 'ResidentLoader', 'random_resized_box',
-           'ImageItems', 'WorkerLoader', 'Data', 'build_data']
+           'CorruptDataError', 'cifar_folder', 'read_cifar', 'write_cifar', 'folder_layout_help', 'list_image_folder',
+           'read_image_folder', 'cache_dir', 'load_image', 'fit_image', 'decode_images', 'Loader', 'ResidentLoader',
+           'random_resized_box', 'ImageItems', 'WorkerLoader', 'Data', 'build_data']
 
 # %% ../nbs/06_data.ipynb #eb53fa4e
 DATASETS = ("cluttered-digits", "cifar10", "cifar100", "imagefolder", "imagenet", "ntu")
@@ -239,10 +239,43 @@ CIFAR_FILES = {
                  "meta": "meta", "names": "fine_label_names", "labels": "fine_labels", "archive": "cifar-100-python.tar.gz"},
 }
 
+class CorruptDataError(ValueError):
+    "A data file that cannot be read: damaged, cut short, or not what its name says; the message names it and the fix."
+
+def _cifar_globals() -> dict[tuple[str, str], object]:
+    "Everything a CIFAR pickle may ask the unpickler to build (numpy arrays and dtypes; bytes as protocol 2 writes them)."
+    core = getattr(np, "_core", None) or np.core    # numpy 2 moved numpy.core to numpy._core
+    allowed = {}
+    for mod in ("numpy.core", "numpy._core"):       # files name either, whichever numpy wrote them
+        allowed[(f"{mod}.multiarray", "_reconstruct")] = core.multiarray._reconstruct
+        allowed[(f"{mod}.multiarray", "scalar")] = core.multiarray.scalar
+        allowed[(f"{mod}.numeric", "_frombuffer")] = core.numeric._frombuffer
+    allowed[("numpy", "ndarray")], allowed[("numpy", "dtype")] = np.ndarray, np.dtype
+    import _codecs
+    allowed[("_codecs", "encode")] = _codecs.encode
+    for mod in ("builtins", "__builtin__"):         # Python 3 and 2 names
+        for t in (dict, list, tuple, bytes, bytearray, str, int):
+            allowed[(mod, t.__name__)] = t
+    return allowed
+
+class _CifarUnpickler(pickle.Unpickler):
+    "An unpickler that builds only what real CIFAR batches hold: dict, list, bytes, str, int, numpy arrays and dtypes."
+    def find_class(self, module: str, name: str):
+        obj = _cifar_globals().get((module, name))
+        if obj is None: raise pickle.UnpicklingError(f"refused to build {module}.{name}, which no CIFAR batch holds")
+        return obj
+
 def _unpickle(path: Path) -> dict:
-    "A CIFAR pickle as a dict with str keys (the original files are Python 2 pickles with bytes keys)."
-    with open(path, "rb") as f: obj = pickle.load(f, encoding="latin1")
-    if not isinstance(obj, dict): raise ValueError(f"{path} is not a CIFAR batch (a pickled dict); re-extract the archive")
+    "A CIFAR pickle as a dict with str keys (the original files are Python 2 pickles with bytes keys); nothing else runs."
+    try:
+        with open(path, "rb") as f: obj = _CifarUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
+        if "refused to build" in str(e):
+            raise CorruptDataError(f"{path} is not a CIFAR batch: {e}. It was not loaded (unpickling it could run code); "
+                                   "delete it and get the data set from its official archive (--download)") from None
+        raise CorruptDataError(f"{path} cannot be read ({type(e).__name__}: {e}); the file is damaged or cut short: "
+                               "delete it and re-download (--download), or re-extract the archive") from None
+    if not isinstance(obj, dict): raise CorruptDataError(f"{path} is not a CIFAR batch (a pickled dict); re-extract the archive")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 def cifar_folder(data_dir: str | Path, dataset: str) -> Path:
@@ -361,10 +394,19 @@ def cache_dir() -> Path:
     "Where decoded datasets are cached: $IGNORE_ATTN_CACHE, or ~/.cache/ignore_attn."
     return Path(os.environ.get("IGNORE_ATTN_CACHE") or Path.home() / ".cache" / "ignore_attn")
 
-def load_image(path: str | Path, size: int | None = None, resize_to: int | None = None):
-    "An image file as RGB PIL, fitted to `size` by `fit_image` (unchanged when size is None)."
+def load_image(path: str | Path,          # an image file
+               size: int | None = None,      # fit it to size x size (None: as it is)
+               resize_to: int | None = None, # shorter side before the centre crop (default: size)
+              ):
+    "An image file as RGB PIL, fitted to `size` by `fit_image`; a damaged file raises CorruptDataError naming it."
     from PIL import Image
-    with Image.open(path) as img: return fit_image(img.convert("RGB"), size, resize_to)
+    try:
+        with Image.open(path) as img: return fit_image(img.convert("RGB"), size, resize_to)
+    except FileNotFoundError: raise
+    except (OSError, SyntaxError, ValueError) as e:  # PIL: truncated, unidentified or broken image data
+        raise CorruptDataError(f"image file {path} cannot be decoded ({type(e).__name__}: {e}); it is damaged or cut "
+                               "short: re-extract it from the data set's archive, or delete it (a new run then uses "
+                               "one image fewer)") from None
 
 def fit_image(img, size: int | None, resize_to: int | None = None):
     "PIL image with its shorter side resized to `resize_to` (default `size`), then centre-cropped to size x size."
@@ -687,6 +729,11 @@ def build_data(cfg: DataConfig, batch_size: int, device="cpu", seed: int = 0, sp
         mean, std = norm_stats(_stats_sample(ImageItems(*parts["train"], size, eval_crop), cfg.split_seed), cfg.normalize)
         loaders = {k: WorkerLoader(it, sizes[k], mean, std, device, workers=cfg.workers, train=k == "train",
                                    drop_last=cfg.drop_last, **kw) for k, it in items.items()}
+    if len(loaders["train"]) == 0:  # found now, before the trainer writes anything, not at the first epoch
+        n = loaders["train"].total_samples // world_size
+        raise ValueError(f"batch_size {batch_size}{' per process' if world_size > 1 else ''} is larger than the {n} "
+                         f"training images{' of each process' if world_size > 1 else ''}, so an epoch would have no "
+                         f"batch (the last incomplete batch is dropped): use a batch size of at most {n}, or more data")
     return Data(loaders["train"], loaders["val"], loaders["test"], len(classes), classes, size, record,
                 {"kind": cfg.normalize, "mean": mean, "std": std}, resident)
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_engine.ipynb #b6243d26
 from __future__ import annotations
-import csv, io, json, math, os, random, time, warnings
+import csv, errno, fcntl, io, json, math, os, random, secrets, signal, socket, sys, threading, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,10 +17,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['RUNTIME_KEYS', 'HISTORY_COLUMNS', 'Runtime', 'resolve_runtime', 'setup_distributed', 'CorruptCheckpointError',
+__all__ = ['KILL_AT_ENV', 'LOCK_FILE', 'RUNNER_LOCK_FILE', 'RUNNER_TOKEN_ENV', 'HEARTBEAT_S', 'STALE_AFTER_S', 'RUNTIME_KEYS',
+           'HISTORY_COLUMNS', 'Runtime', 'resolve_runtime', 'setup_distributed', 'CorruptCheckpointError',
            'RunDirConflict', 'atomic_write', 'save_json', 'save_checkpoint', 'load_checkpoint', 'seed_epoch',
-           'rng_state', 'set_rng_state', 'config_diff', 'RunDir', 'autocast', 'to_layout', 'to_device', 'has_own_loss',
-           'WithLoss', 'topk_correct', 'TrainStep', 'train_one_epoch', 'evaluate']
+           'rng_state', 'set_rng_state', 'process_identity', 'is_same_process', 'is_fresh', 'Heartbeat', 'read_holder',
+           'describe_holder', 'RunLocked', 'RunLock', 'lock_holder', 'config_diff', 'RunDir', 'autocast', 'to_layout',
+           'to_device', 'has_own_loss', 'WithLoss', 'topk_correct', 'TrainStep', 'train_one_epoch', 'evaluate']
 
 # %% ../nbs/13_engine.ipynb #bc1139dd
 @dataclass
@@ -81,14 +83,30 @@ class CorruptCheckpointError(RuntimeError):
 class RunDirConflict(ValueError):
     "An output folder that holds something other than this run."
 
-def atomic_write(path: str | Path, write: Callable) -> None:
+KILL_AT_ENV = "IGNORE_ATTN_KILL_AT"  # test hook, off by default: "N:before" / "N:after" SIGKILLs at the N-th atomic write
+_atomic_writes = 0                   # atomic writes made by this process (the hook counts them)
+
+def _kill_hook(when: str) -> None:
+    "Fault injection for tests: SIGKILL this process at the atomic write IGNORE_ATTN_KILL_AT names (a no-op when unset)."
+    spec = os.environ.get(KILL_AT_ENV)
+    if not spec: return
+    n, _, at = spec.partition(":")
+    if int(n) == _atomic_writes and (at or "before") == when: os.kill(os.getpid(), signal.SIGKILL)
+
+def atomic_write(path: str | Path, # the file to (re)place
+                 write: Callable,  # called with the open binary temp file; writes the whole content
+                ) -> None:
     "Write a file through `write(binary_file)` to a temp name beside it, then rename over `path` atomically."
+    global _atomic_writes
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    _atomic_writes += 1
     try:
         with open(tmp, "wb") as f:
             write(f); f.flush(); os.fsync(f.fileno())
+        _kill_hook("before")
         os.replace(tmp, path)
+        _kill_hook("after")
     finally:
         if tmp.exists(): tmp.unlink()
 
@@ -100,7 +118,10 @@ def save_checkpoint(path: str | Path, obj: dict) -> None:
     "Atomically `torch.save` a checkpoint dict."
     atomic_write(path, lambda f: torch.save(obj, f))
 
-def load_checkpoint(path: str | Path, device="cpu", required: tuple[str, ...] = ("format", "epoch", "model")) -> dict:
+def load_checkpoint(path: str | Path, # a file save_checkpoint wrote
+                    device="cpu",     # where the tensors go
+                    required: tuple[str, ...] = ("format", "epoch", "model"), # keys it must have
+                   ) -> dict:
     "Read a checkpoint with weights_only=True; a damaged file raises CorruptCheckpointError saying what to do."
     path = Path(path)
     try: ck = torch.load(path, map_location=device, weights_only=True)
@@ -138,6 +159,176 @@ def set_rng_state(st: dict) -> None:
     if "cuda" in st and torch.cuda.is_available():
         for i, s in enumerate(st["cuda"][: torch.cuda.device_count()]): torch.cuda.set_rng_state(s.cpu(), i)
 
+# %% ../nbs/13_engine.ipynb #7c1e0a02
+LOCK_FILE = ".lock"                  # the trainer's lock in a run folder
+RUNNER_LOCK_FILE = ".sweep.lock"     # the sweep runner's lock: it decides and starts a run under it
+RUNNER_TOKEN_ENV = "IGNORE_ATTN_RUNNER_TOKEN"  # set by a sweep runner for its kernel; the trainer records it
+HEARTBEAT_S = 30.0                   # a lock holder touches its lock file this often
+STALE_AFTER_S = 180.0                # a record from another host counts while its file was touched this recently
+
+def _start_ticks(pid: int) -> int | None:
+    "Start time of process `pid` in clock ticks after boot (field 22 of /proc/<pid>/stat); None if there is no such process."
+    try: stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError: return None
+    return int(stat.rsplit(b")", 1)[1].split()[19])  # after the command name in brackets, fields start at 3
+
+def _cmdline(pid: int) -> list[str] | None:
+    "Command line of process `pid`, or None."
+    try: raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError: return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
+
+def process_identity(pid: int | None = None, # a process id (default: this process)
+                    ) -> dict:
+    "What names a process beyond its reusable pid: host, pid, start time (boot ticks) and command line."
+    pid = os.getpid() if pid is None else int(pid)
+    return {"host": socket.gethostname(), "pid": pid, "start_ticks": _start_ticks(pid), "cmdline": _cmdline(pid)}
+
+def is_same_process(info: dict, # a process_identity record (extra keys are ignored)
+                   ) -> bool:
+    "True only when the process `info` describes still runs on this host: same pid, start time and command line."
+    pid = info.get("pid") if isinstance(info, dict) else None
+    if not isinstance(pid, int) or pid <= 0 or info.get("host") != socket.gethostname(): return False
+    ticks = _start_ticks(pid)
+    if ticks is None or ticks != info.get("start_ticks"): return False
+    return info.get("cmdline") is None or _cmdline(pid) == info["cmdline"]
+
+def is_fresh(path: str | Path, max_age: float | None = None) -> bool:
+    "True when `path` was modified (heartbeat) within `max_age` seconds (default STALE_AFTER_S)."
+    try: return time.time() - Path(path).stat().st_mtime < (STALE_AFTER_S if max_age is None else max_age)
+    except OSError: return False
+
+class Heartbeat:
+    "A daemon thread touching `path` every `interval` seconds while its owner lives, for readers on other hosts."
+    def __init__(self, path: str | Path, interval: float = HEARTBEAT_S):
+        self.path, self.interval, self._stop = Path(path), interval, threading.Event()
+        threading.Thread(target=self._beat, daemon=True, name=f"heartbeat {self.path.name}").start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try: os.utime(self.path)
+            except OSError: pass  # the folder went away: nothing left to keep alive
+
+    def stop(self) -> None: self._stop.set()
+
+def read_holder(path: str | Path) -> dict:
+    "The holder record inside a lock file; {} when it is empty (free, or a holder still starting), unreadable or absent."
+    try: info = json.loads(Path(path).read_bytes() or b"{}")
+    except (OSError, ValueError): return {}
+    return info if isinstance(info, dict) else {}
+
+def describe_holder(h: dict) -> str:
+    "A lock holder in words: who, where, since when, doing what."
+    if not h: return "another process holds its lock (it is starting and has not written who it is yet)"
+    cmd = " ".join(h.get("cmdline") or [])
+    text = (f"held by pid {h.get('pid')} on host {h.get('host')} since {h.get('since_text', '?')}"
+            + (f" ({cmd[:160]}{' ...' if len(cmd) > 160 else ''})" if cmd else ""))
+    if h.get("host") == socket.gethostname() and not is_same_process(h):
+        text += " (a record left by a process that has exited: another one is just taking the lock)"
+    elif h.get("host") != socket.gethostname():
+        text += f"; from another host it counts until {STALE_AFTER_S:.0f} s after its last heartbeat"
+    return text
+
+class RunLocked(RunDirConflict):
+    "A run folder that another process holds."
+    def __init__(self, path: str | Path, holder: dict | None):
+        self.lock_path, self.holder = Path(path), dict(holder or {})
+        super().__init__(f"run folder {self.lock_path.parent} is in use: {describe_holder(self.holder)}. Nothing was "
+                         "changed. Wait until that run ends (the same command then resumes or reports it), or use another --out.")
+
+# Locks this process holds, by path. Nothing in this process may open them again: closing any descriptor of a file
+# drops the process's POSIX locks on it. And POSIX locks do not conflict within one process, so this is also what
+# refuses a second lock of one folder here.
+_HELD: dict[str, "RunLock"] = {}
+_HELD_GUARD = threading.Lock()
+
+def _try_lock(fd: int, exclusive: bool = True) -> bool:
+    "Try to take a POSIX record lock on the whole file without waiting; False when another process holds it."
+    try: fcntl.lockf(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB); return True
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EAGAIN): return False
+        raise
+
+class RunLock:
+    "An exclusive OS lock (POSIX, `fcntl.lockf`) on a lock file, held until `release` or the end of the process; the holder's record inside."
+    def __init__(self, path: str | Path):
+        self.path, self._file, self._beat, self.info, self.token = Path(path), None, None, None, None
+
+    @property
+    def held(self) -> bool: return self._file is not None
+
+    def acquire(self, extra: dict | None = None, # more fields for the holder record (e.g. the runner's token)
+                wait: float = 1.0,                # retry this long: a status probe holds a free lock for microseconds
+               ) -> RunLock:
+        "Take the lock, or raise RunLocked naming its holder."
+        if self.held: return self
+        key = str(self.path.resolve())
+        with _HELD_GUARD:  # one process cannot conflict with itself through the OS: this registry refuses it
+            mine = _HELD.setdefault(key, self)
+        if mine is not self: raise RunLocked(self.path, mine.info)
+        try:
+            f = open(self.path, "a+b")   # append mode: opening never truncates a holder's record
+        except BaseException:
+            with _HELD_GUARD: _HELD.pop(key, None)
+            raise
+        try:
+            t0 = time.monotonic()
+            while True:
+                if _try_lock(f.fileno()): break
+                if time.monotonic() - t0 > wait: raise RunLocked(self.path, read_holder(self.path))
+                time.sleep(0.05)
+            # Read through our own descriptor: closing any other descriptor of the file would drop our lock.
+            f.seek(0)
+            try: previous = json.loads(f.read() or b"{}")   # erased by a clean release; a crash leaves it
+            except ValueError: previous = {}
+            previous = previous if isinstance(previous, dict) else {}
+            if previous and previous.get("host") != socket.gethostname() and is_fresh(self.path):
+                raise RunLocked(self.path, previous)  # our lock may not reach that host: trust its heartbeat
+            self.token = secrets.token_hex(8)
+            self.info = {**process_identity(), "since": time.time(), "since_text": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                         "token": self.token, **(extra or {})}
+            f.truncate(0); f.write(json.dumps(self.info).encode()); f.flush(); os.fsync(f.fileno())
+        except BaseException:
+            f.close()
+            with _HELD_GUARD: _HELD.pop(key, None)
+            raise
+        self._file, self._key = f, key
+        self._beat = Heartbeat(self.path)
+        return self
+
+    def release(self) -> None:
+        "Erase the holder record and let the lock go (a no-op when not held)."
+        if self._file is None: return
+        self._beat.stop()
+        with _HELD_GUARD: _HELD.pop(self._key, None)
+        try: self._file.truncate(0); self._file.flush()
+        except OSError: pass
+        self._file.close()  # closing the descriptor drops the lock
+        self._file = None
+
+    def __enter__(self) -> RunLock: return self.acquire()
+    def __exit__(self, *exc) -> None: self.release()
+
+def lock_holder(path: str | Path, # a lock file
+               ) -> dict | None:
+    "Who holds the lock file `path`: its holder record ({} while a holder starts), or None when nobody does."
+    path = Path(path)
+    with _HELD_GUARD: mine = _HELD.get(str(path.resolve()))
+    if mine is not None: return dict(mine.info or {})  # ours (or being taken by another thread of ours)
+    writable = True
+    try: fd = os.open(path, os.O_RDWR)   # an exclusive POSIX lock needs write access
+    except FileNotFoundError: return None
+    except OSError:
+        try: fd, writable = os.open(path, os.O_RDONLY), False  # a read-only folder: a shared probe will do
+        except OSError: return None
+    try:
+        if not _try_lock(fd, exclusive=writable): return read_holder(path)
+        fcntl.lockf(fd, fcntl.LOCK_UN)   # free here; let it go at once
+    finally: os.close(fd)
+    record = read_holder(path)
+    if record and record.get("host") != socket.gethostname() and is_fresh(path): return record
+    return None
+
 # %% ../nbs/13_engine.ipynb #8e1813b7
 RUNTIME_KEYS = frozenset({"out", "quiet", "device", "compile", "cuda_graphs", "channels_last", "eval_batch_size",
                           "data.data_dir", "data.download", "data.resident", "data.workers"})
@@ -161,15 +352,18 @@ HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_t
                    "img_per_s", "train_time_s", "epoch_time_s")
 
 class RunDir:
-    "The output folder of one run: file paths, and whether a command may start, resume or only report it."
+    "The output folder of one run: file paths, whether a command may start, resume or only report it, and its lock."
     # Files that may sit in a new run's folder without making it someone else's: split.json (a run killed while
-    # starting) and what the sweep runner writes beside a run (its papermill notebook, lock, error and request).
-    COMPANIONS = ("split.json", "train.ipynb", "ntu.ipynb", "running.json", "error.txt", "request.json")
+    # starting), the locks, and what the sweep runner writes beside a run (its papermill notebook, record, error and request).
+    COMPANIONS = ("split.json", "train.ipynb", "ntu.ipynb", "running.json", "error.txt", "request.json", ".lock", ".sweep.lock")
+    # A folder with none of these never finished an epoch: whatever config.json it holds, it is not a run to protect.
+    RUN_FILES = ("last.pt", "best.pt", "history.csv", "metrics.json")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         for name in ("config.json", "split.json", "history.csv", "metrics.json", "last.pt", "best.pt"):
             setattr(self, name.split(".")[0], self.path / name)
+        self.lock_file, self._lock = self.path / LOCK_FILE, None
 
     def _read_json(self, p: Path) -> dict:
         "Read one of the folder's JSON files, naming it when it does not parse."
@@ -190,6 +384,7 @@ class RunDir:
             return "new"
         diff = config_diff(self._read_json(self.config).get("config", {}), config)
         if diff:
+            if not any((self.path / n).exists() for n in self.RUN_FILES): return "new"  # a failed start: not a run
             lines = "; ".join(f"{k}: {a!r} in the folder, {b!r} now" for k, a, b in diff[:8])
             raise RunDirConflict(
                 f"refusing to write into {self.path}: it holds a different run ({lines}{' ...' if len(diff) > 8 else ''}). "
@@ -200,16 +395,53 @@ class RunDir:
     def read_metrics(self) -> dict: return self._read_json(self.metrics)
     def read_split(self) -> dict | None: return self._read_json(self.split) if self.split.exists() else None
 
-    def write_history(self, history: list[dict]) -> None:
-        "Atomically rewrite history.csv from the per-epoch records."
+    @staticmethod
+    def _history_text(history: list[dict]) -> str:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
         w.writeheader(); w.writerows(history)
-        atomic_write(self.history, lambda f: f.write(buf.getvalue().encode()))
+        return buf.getvalue()
+
+    def write_history(self, history: list[dict]) -> None:
+        "Atomically rewrite history.csv from the per-epoch records."
+        text = self._history_text(history)
+        atomic_write(self.history, lambda f: f.write(text.encode()))
+
+    def sync_history(self, history: list[dict]) -> bool:
+        "Rewrite history.csv from the records (e.g. a checkpoint's) unless it already says exactly that; True if written."
+        try:
+            if self.history.read_text() == self._history_text(history): return False
+        except (OSError, UnicodeDecodeError): pass
+        self.write_history(history)
+        return True
 
     def clean_temp_files(self) -> None:
         "Remove temp files a killed process left behind (their targets are intact)."
         for p in self.path.glob(".*.tmp*"): p.unlink(missing_ok=True)
+
+    # ---- the lock: one process at a time trains in a folder (see `RunLock`)
+    def holder(self) -> dict | None:
+        "The record of the process that trains in this folder now ({} while it starts), or None when none does."
+        return lock_holder(self.lock_file)
+
+    def lock(self, extra: dict | None = None) -> RunLock:
+        "Create the folder if needed and take its lock for this process; RunLocked names the holder if another has it."
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-probe.tmp{os.getpid()}"  # a lock file may exist in a folder now read-only
+            probe.touch(); probe.unlink()
+            if self._lock is None: self._lock = RunLock(self.lock_file)
+            return self._lock.acquire(extra)
+        except OSError as e:
+            raise RunDirConflict(f"cannot write into the run folder {self.path} ({e.strerror or e}); make it writable "
+                                 f"(chmod u+w) or choose another --out. Nothing was changed.") from None
+
+    @property
+    def locked(self) -> bool: return self._lock is not None and self._lock.held
+
+    def unlock(self) -> None:
+        "Let the folder go (a no-op when this process does not hold it)."
+        if self._lock is not None: self._lock.release()
 
 # %% ../nbs/13_engine.ipynb #0be3ca34
 def autocast(rt: Runtime, cache: bool = True):

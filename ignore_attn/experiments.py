@@ -14,10 +14,11 @@ from .flip import parse_spec, all_specs
 # %% auto #0
 __all__ = ['GRID_KEYS', 'META_KEYS', 'RUN_KEYS', 'SWEEPS', 'PROTOCOL_KEYS', 'STATES', 'trainer_keys', 'check_sweep',
            'make_train_config', 'resolve_options', 'protocol_table', 'Run', 'spec_slug', 'run_id', 'expand',
-           'check_models', 'merge_runs', 'load_sweep', 'sweep_table', 'run_status', 'stop_orphan', 'sweep_status',
-           'run_parameters', 'experiment_notebook', 'notebook_for', 'execute_run', 'device_slots', 'run_sweep',
-           'launch_command', 'train_run', 'parse_overrides', 'add_sweep_arguments', 'add_placement_arguments',
-           'placement', 'sweep_runs', 'sweep_main', 'quick_overrides', 'add_reproduce_arguments', 'reproduce_main']
+           'check_models', 'merge_runs', 'load_sweep', 'sweep_table', 'running_elsewhere', 'run_status', 'stop_orphan',
+           'sweep_status', 'run_parameters', 'experiment_notebook', 'notebook_for', 'stop_runs', 'execute_run',
+           'device_slots', 'check_workers_see', 'run_sweep', 'launch_command', 'train_run', 'parse_overrides',
+           'add_sweep_arguments', 'add_placement_arguments', 'placement', 'sweep_runs', 'sweep_main', 'quick_overrides',
+           'add_reproduce_arguments', 'reproduce_main']
 
 # %% ../nbs/10_experiments.ipynb #50eb3fcf
 GRID_KEYS = ("datasets", "archs", "attentions", "seeds")
@@ -49,6 +50,7 @@ SWEEPS: dict[str, dict] = {
 }
 
 # %% ../nbs/10_experiments.ipynb #eef36fa0
+import re
 def trainer_keys() -> set[str]:
     "Options of `ignore-attn train` a sweep may set: the fields of `TrainConfig` and of its `DataConfig`."
     from ignore_attn.train import TrainConfig
@@ -58,13 +60,69 @@ def trainer_keys() -> set[str]:
 def _as_list(v) -> list:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")  # one folder name: no '/', no leading dot (so no '..')
+
+def _folder_name(name: str, kind: str, value) -> None:
+    "Refuse a grid value that becomes a path component of the run folders but would not stay one folder name."
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ValueError(f"{name}: {kind} {value!r} cannot name a run folder: it becomes a folder under --out, so it may "
+                         "hold only letters, digits and . _ + - (no '/', no leading '.')")
+
+def _utf8(name: str, key: str, value) -> None:
+    "Refuse text that is not valid UTF-8 (a path with bytes of another encoding): config.json and the notebooks are UTF-8."
+    for v in _as_list(value):
+        if isinstance(v, str):
+            try: v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"{name}: {key} {v.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8 text (a file "
+                                 "name in another encoding?); rename it, or point to it through a symlink with a UTF-8 name") from None
+
+def _check_type(name: str, key: str, value, annotation: str) -> None:
+    "Refuse a trainer option whose value is not of its field's type (`epochs: zero`)."
+    ann = str(annotation)
+    if value is None:
+        if "None" in ann: return
+        raise ValueError(f"{name}: {key} needs a value, got null")
+    if "tuple" in ann: ok, what = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value), "a list of integers"
+    elif "bool" in ann: ok, what = isinstance(value, bool), "true or false"
+    elif "float" in ann: ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif "int" in ann: ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif "str" in ann: ok, what = isinstance(value, str), "text"
+    else: return
+    if not ok: raise ValueError(f"{name}: {key} must be {what}, got {value!r}")
+
+def _check_options(sweep: dict, name: str) -> None:
+    "Check the trainer options of a sweep as `ignore-attn train` would, once per (dataset, arch): types, ranges, presets."
+    import warnings
+    from ignore_attn.train import TrainConfig, resolve_config
+    from ignore_attn.data import DataConfig
+    data_keys = {f.name for f in fields(DataConfig)}
+    types = {f.name: f.type for f in fields(TrainConfig) if f.name != "data"} | {f.name: f.type for f in fields(DataConfig)}
+    common = {k: v for k, v in sweep.items() if k not in GRID_KEYS and k not in META_KEYS}
+    for k, v in common.items():
+        _utf8(name, k, v)
+        if k in types: _check_type(name, k, v, types[k])
+    from ignore_attn.data import DATASETS
+    for ds in sweep["datasets"]:
+        if ds not in DATASETS: raise ValueError(f"{name}: unknown dataset {ds!r}; choose one of {', '.join(DATASETS)}")
+    for ds, arch in itertools.product(sweep["datasets"], sweep["archs"]):
+        opts = {**common, "dataset": ds, "arch": arch, "attention": "standard", "seed": 0}
+        data = {k: v for k, v in opts.items() if k in data_keys}
+        train = {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items() if k in types and k not in data_keys}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the trainer warns again when the run starts
+            try: resolve_config(TrainConfig(data=DataConfig(**data), **train))
+            except (ValueError, TypeError) as e: raise ValueError(f"{name}: {e}") from None
+
 def check_sweep(sweep: dict, name: str = "sweep") -> dict:
     "Validate `sweep` (unknown keys, empty grids, bad specs) and return it normalised with list-valued grid keys."
     singular = {"dataset": "datasets", "arch": "archs", "attention": "attentions", "seed": "seeds"}
     allowed = set(GRID_KEYS) | set(META_KEYS) | set(RUN_KEYS) | (trainer_keys() - set(singular))
     unknown = sorted(set(sweep) - allowed)
     if unknown:
-        hints = [f"{k!r} (did you mean {singular[k]!r}?)" if k in singular else repr(k) for k in unknown]
+        import difflib
+        near = lambda k: singular.get(k) or next(iter(difflib.get_close_matches(k, sorted(allowed), 1)), None)
+        hints = [f"{k!r} (did you mean {near(k)!r}?)" if near(k) else repr(k) for k in unknown]
         raise ValueError(f"{name}: unknown key(s) {', '.join(hints)}; valid keys are the grid keys "
                          f"{', '.join(GRID_KEYS)}, {', '.join(META_KEYS + RUN_KEYS)}, and any option of "
                          f"`ignore-attn train`: {', '.join(sorted(trainer_keys() - set(singular)))}")
@@ -77,7 +135,11 @@ def check_sweep(sweep: dict, name: str = "sweep") -> dict:
         try: parse_spec(s)
         except ValueError as e: raise ValueError(f"{name}: bad attention {s!r}: {e}") from None
     for s in out["seeds"]:
-        if not isinstance(s, int) or isinstance(s, bool): raise ValueError(f"{name}: seeds must be integers, got {s!r}")
+        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
+            raise ValueError(f"{name}: seeds must be non-negative integers, got {s!r}")
+    for k in ("datasets", "archs"):  # they become folders <dataset>/<arch>/... under --out
+        for v in out[k]: _folder_name(name, k[:-1], v)
+    _check_options(out, name)
     return out
 
 # %% ../nbs/10_experiments.ipynb #7731667a
@@ -193,18 +255,36 @@ def sweep_table() -> "pd.DataFrame":
     return pd.DataFrame(rows).set_index("sweep")
 
 # %% ../nbs/10_experiments.ipynb #be5c71d4
+import secrets, signal
+from .engine import (LOCK_FILE, RUNNER_LOCK_FILE, RUNNER_TOKEN_ENV, Heartbeat, RunLock, RunLocked,
+                                describe_holder, is_fresh, is_same_process, lock_holder, process_identity)
+
 STATES = ("done", "failed", "running", "partial", "todo")
 
 def _pid_alive(pid: int) -> bool:
+    "Whether some process has this pid (not which: pids are reused; see `is_same_process`)."
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
     except PermissionError: return True
     return True
 
 def _lock(run_dir: Path) -> dict:
-    "The run's running.json (runner pid, host, and the pid of the kernel that trains), or {} when absent or damaged."
-    try: return json.loads((Path(run_dir) / "running.json").read_text())
-    except (OSError, json.JSONDecodeError): return {}
+    "The run's running.json (its runner's identity and token, the kernel's pid), or {} when absent or damaged."
+    try: info = json.loads((Path(run_dir) / "running.json").read_text())
+    except (OSError, ValueError): return {}
+    return info if isinstance(info, dict) else {}
+
+def running_elsewhere(run_dir: Path, # a run folder
+                      runner: bool = True, # also count a sweep runner holding the folder (not when it is the caller)
+                     ) -> dict | None:
+    "Who runs this run now, if anyone: the record of the trainer or sweep runner holding its lock, or a fresh running.json from another host."
+    d = Path(run_dir)
+    for lock in ((RUNNER_LOCK_FILE, LOCK_FILE) if runner else (LOCK_FILE,)):
+        holder = lock_holder(d / lock)
+        if holder is not None: return holder
+    info = _lock(d)  # another host's runner: its lock may not reach us, its heartbeat does
+    if info and info.get("host") != socket.gethostname() and is_fresh(d / "running.json"): return info
+    return None
 
 def run_status(run_dir: Path) -> str:
     "State of one run folder: done, failed, running, partial or todo."
@@ -214,23 +294,38 @@ def run_status(run_dir: Path) -> str:
         try:
             if json.loads(m.read_text()).get("status", "done") == "done": return "done"
         except (json.JSONDecodeError, OSError): pass
-    info = _lock(run_dir)
-    if info.get("host") == socket.gethostname() and _pid_alive(int(info.get("pid", 0))): return "running"
+    if running_elsewhere(run_dir) is not None: return "running"
     if (run_dir / "error.txt").exists(): return "failed"
     if (run_dir / "last.pt").exists(): return "partial"
     return "todo"
 
-def stop_orphan(run_dir: Path, timeout: float = 10.0) -> bool:
-    "Kill the kernel of a run whose runner died (kill -9 of a sweep leaves it training for a moment); True if one was."
-    info = _lock(run_dir)
-    kernel = int(info.get("kernel_pid", 0))
-    if info.get("host") != socket.gethostname() or not kernel or _pid_alive(int(info.get("pid", 0))): return False
-    if not _pid_alive(kernel): return False
-    import signal
-    os.kill(kernel, signal.SIGKILL)
+def _kill_group(pid: int) -> None:
+    "SIGKILL a process and, when it leads its own process group (a kernel does), its children too."
+    try: os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError: pass
+
+def _stop_orphan(d: Path, timeout: float) -> bool:
+    "Under the run's runner lock: kill the trainer a dead runner left behind, proven to be that very process."
+    info, holder = _lock(d), lock_holder(d / LOCK_FILE)
+    # Nobody holds the trainer's lock: nothing trains there. A holder that is not the dead runner's kernel (a manual
+    # `ignore-attn train`, a process on another host, a stranger with a reused pid) is left alone.
+    if not holder or not info.get("token") or holder.get("runner_token") != info["token"] or not is_same_process(holder):
+        return False
+    _kill_group(holder["pid"])
     t0 = time.time()
-    while _pid_alive(kernel) and time.time() - t0 < timeout: time.sleep(0.05)
+    while lock_holder(d / LOCK_FILE) is not None and time.time() - t0 < timeout: time.sleep(0.05)
     return True
+
+def stop_orphan(run_dir: Path, # a run folder
+                timeout: float = 20.0, # how long to wait for the lock to be let go
+               ) -> bool:
+    "Kill the kernel a killed sweep runner left training in `run_dir`; True if one was. Never signals anyone else."
+    d = Path(run_dir)
+    if not (d / "running.json").exists(): return False
+    try: runner = RunLock(d / RUNNER_LOCK_FILE).acquire(wait=0.2)  # held: that runner lives, and owns its kernel
+    except (RunLocked, OSError): return False
+    try: return _stop_orphan(d, timeout)
+    finally: runner.release()
 
 def sweep_status(runs: list[Run], out: Path) -> "pd.DataFrame":
     "One row per run: run_id, state, and the test error if done."
@@ -270,37 +365,128 @@ def notebook_for(run: Run) -> Path:
     return experiment_notebook("ntu" if run["dataset"] == "ntu" else "train")
 
 def _write_json(path: Path, obj) -> None:
-    "Write JSON atomically (temp file, then rename), so a kill never leaves half a file."
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    "Write JSON atomically (a hidden temp file, then rename), so a kill never leaves half a file."
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     os.replace(tmp, path)
 
-def execute_run(run: Run, out: str | Path, notebook: str | Path | None = None, device: str | None = None,
-                kernel_name: str | None = None) -> dict:
-    "Execute one run's notebook with papermill; return {run_id, state, seconds, error}."
-    import logging, papermill as pm
-    logging.getLogger("papermill").setLevel(logging.ERROR)  # it warns about every option the parameters cell lacks
-    d = Path(out).resolve() / run.run_id  # absolute: the notebook runs with the run folder as its working directory
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "error.txt").unlink(missing_ok=True)
-    _write_json(d / "running.json", dict(pid=os.getpid(), host=socket.gethostname(), started=time.time()))
-    params = run_parameters(run, d, device)
-    t0, error, detail = time.time(), None, ""
+# The runs this process is executing, by folder: their sweep and kernel, so that Ctrl-C (`stop_runs`) can stop them.
+_ACTIVE: dict[str, dict] = {}
+_STOPPED: set[str] = set()  # sweeps stopped here: their queued runs do not start
+_ACTIVE_GUARD = threading.Lock()
+_THIS_RUN = threading.local()  # the run the current thread executes
+
+class _QuietWhenStopped:
+    "A logging filter: a kernel killed on purpose (Ctrl-C) is not news; papermill would report it as an error."
+    def filter(self, record) -> bool:
+        entry = getattr(_THIS_RUN, "entry", None)
+        return not (entry and entry["stopped"])
+
+def _kill_kernel(entry: dict) -> None:
+    "Kill a run's kernel and what it started (our own child: its pid cannot be a stranger's)."
+    proc = getattr(getattr(entry.get("km"), "provisioner", None), "process", None)
+    if proc is not None and proc.poll() is None: _kill_group(proc.pid)
+
+def stop_runs(sweep: str, # the sweep's id (run_sweep makes one per call)
+             ) -> int:
+    "Kill the kernels of this process's runs of `sweep` (they stay resumable) and start no more of them; returns how many."
+    with _ACTIVE_GUARD:
+        _STOPPED.add(sweep)
+        active = [a for a in _ACTIVE.values() if a["sweep"] == sweep]
+        for a in active: a["stopped"] = True; _kill_kernel(a)
+    return len(active)
+
+def _kernel_manager_class(entry: dict, env: dict, cwd: Path):
+    "A Jupyter kernel manager class for one run: its kernel gets `env` and `cwd`, and `entry['km']` names it for stop_runs."
+    from jupyter_client.manager import AsyncKernelManager
+    class RunKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            entry["km"] = self
+            kw["env"], kw["cwd"] = {**kw.get("env", os.environ), **env}, str(cwd)  # cwd here, not papermill's chdir: threads
+            started = await super().start_kernel(**kw)
+            with _ACTIVE_GUARD:
+                if entry["stopped"]: _kill_kernel(entry)  # Ctrl-C came while it started
+            return started
+    return RunKernelManager
+
+def _inside(d: Path, out: Path) -> Path:
+    "`d` (resolved), refusing a run folder that is not inside `out`."
+    d, out = d.resolve(), out.resolve()
+    if d == out or out not in d.parents:
+        raise ValueError(f"run folder {d} is not inside --out {out}; run names must not climb out of it")
+    return d
+
+def _record_error(d: Path, error: str, detail: str) -> str:
+    "Write error.txt in the run folder; returns the error, saying so when even that could not be written."
     try:
-        # The executed copy is always train.ipynb, the name the report looks for, whichever notebook ran.
-        pm.execute_notebook(str(notebook or notebook_for(run)), str(d / "train.ipynb"), parameters=params,
-                            kernel_name=kernel_name or "python3", language="python", progress_bar=False, cwd=str(d),
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"])  # keep the kernel's start-up chatter out of the progress bar
-        if run_status(d) != "done": error = "the notebook finished but metrics.json does not say the run is done"
-    except BaseException as e:  # a KeyboardInterrupt must also leave the folder in a resumable state
-        error, detail = f"{type(e).__name__}: {e}", traceback.format_exc()
-        if isinstance(e, KeyboardInterrupt): raise
+        (d / "error.txt").write_text(f"{error}\n\nThe executed notebook, stopped at the failing cell: "
+                                     f"{d / 'train.ipynb'}\n{detail}")
+        return error
+    except OSError as e:
+        return f"{error} (and no error.txt: {e.strerror or e})"
+
+def execute_run(run: Run,                         # the run
+                out: str | Path,                  # the sweep's output folder
+                notebook: str | Path | None = None, # the experiment notebook (default: notebook_for(run))
+                device: str | None = None,        # device option for the run (None: its own)
+                kernel_name: str | None = None,   # Jupyter kernel (default python3)
+                sweep: str | None = None,         # the sweep's id, for stop_runs
+               ) -> dict:
+    "Execute one run's notebook with papermill if, decided under the run's lock, it still needs to run; return {run_id, state, seconds, error}."
+    t0, out = time.time(), Path(out)
+    result = lambda state, error=None: dict(run_id=run.run_id, state=state, seconds=time.time() - t0, error=error)
+    if sweep in _STOPPED: return result("partial", "interrupted before it started")
+    d, runner, inside = out / run.run_id, None, False
+    try:  # everything that can fail lands in error.txt (where the folder can be written) and in the sweep's summary
+        d = _inside(d, out); inside = True
+        d.mkdir(parents=True, exist_ok=True)
+        runner = RunLock(d / RUNNER_LOCK_FILE).acquire({"role": "sweep runner", "run_id": run.run_id, "sweep": sweep})
+    except RunLocked as e:
+        return result("running", f"running elsewhere: {describe_holder(e.holder)}")
+    except Exception as e:
+        msg = (f"cannot write into the run folder {d} ({e.strerror or e}); make it writable or use another --out"
+               if isinstance(e, OSError) else f"{type(e).__name__}: {e}")
+        return result("failed", _record_error(d, msg, traceback.format_exc()) if inside and d.is_dir() else msg)
+    mine = False  # whether running.json is ours to remove
+    try:
+        if _stop_orphan(d, 20.0): print(f"stopped the orphaned kernel of {run.run_id}", flush=True)
+        if run_status(d) == "done": return result("done")   # finished by another sweep meanwhile
+        other = running_elsewhere(d, runner=False)            # a trainer started by hand, or a runner on another host
+        if other is not None: return result("running", f"running elsewhere: {describe_holder(other)}")
+        import logging, papermill as pm
+        log = logging.getLogger("papermill")
+        log.setLevel(logging.ERROR)  # it warns about every option the parameters cell lacks
+        if not any(isinstance(f, _QuietWhenStopped) for f in log.filters): log.addFilter(_QuietWhenStopped())
+        (d / "error.txt").unlink(missing_ok=True)
+        _write_json(d / "running.json", {**process_identity(), "started": time.time(), "token": runner.token,
+                                         "run_id": run.run_id, "sweep": sweep})
+        mine, beat = True, Heartbeat(d / "running.json")
+        params = run_parameters(run, d, device)
+        entry = {"sweep": sweep, "km": None, "stopped": False}
+        with _ACTIVE_GUARD: _ACTIVE[str(d)] = _THIS_RUN.entry = entry
+        error, detail, ctrl_c = None, "", False
+        try:
+            # The executed copy is always train.ipynb, the name the report looks for, whichever notebook ran.
+            pm.execute_notebook(str(notebook or notebook_for(run)), str(d / "train.ipynb"), parameters=params,
+                                kernel_name=kernel_name or "python3", language="python", progress_bar=False,
+                                kernel_manager_class=_kernel_manager_class(entry, {RUNNER_TOKEN_ENV: runner.token}, d),
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no kernel start-up chatter
+            if run_status(d) != "done": error = "the notebook finished but metrics.json does not say the run is done"
+        except BaseException as e:  # an interrupted run must also stay resumable
+            ctrl_c = isinstance(e, KeyboardInterrupt)  # (only when this runs in the main thread)
+            if not (entry["stopped"] or ctrl_c): error, detail = f"{type(e).__name__}: {e}", traceback.format_exc()
+        finally:
+            beat.stop()
+            with _ACTIVE_GUARD: _ACTIVE.pop(str(d), None); _THIS_RUN.entry = None
+        if ctrl_c: raise KeyboardInterrupt  # after the clean-up below, for the caller to stop too
+        if entry["stopped"]: return result("partial", "interrupted")
+        if error is not None: error = _record_error(d, error, detail)
+        return result("failed" if error else "done", error)
+    except Exception as e:
+        return result("failed", _record_error(d, f"{type(e).__name__}: {e}", traceback.format_exc()))
     finally:
-        (d / "running.json").unlink(missing_ok=True)
-        if error is not None:
-            (d / "error.txt").write_text(f"{error}\n\nThe executed notebook, stopped at the failing cell: "
-                                         f"{d / 'train.ipynb'}\n{detail}")
-    return dict(run_id=run.run_id, state="failed" if error else "done", seconds=time.time() - t0, error=error)
+        if mine: (d / "running.json").unlink(missing_ok=True)
+        runner.release()
 
 # %% ../nbs/10_experiments.ipynb #ffd9fc6d
 def device_slots(jobs: int = 1, gpus: list[int] | None = None, runs_per_gpu: int = 1) -> list[str | None]:
@@ -312,66 +498,202 @@ def device_slots(jobs: int = 1, gpus: list[int] | None = None, runs_per_gpu: int
     return [None] * jobs
 
 # %% ../nbs/10_experiments.ipynb #2504aec4
-def _local_results(runs, out, notebook, slots):
-    "Yield each run's result as it finishes, on a pool of local slots (threads: the work is in kernel processes)."
-    free: queue.Queue = queue.Queue()
-    for s in slots: free.put(s)
-    def one(r):
-        dev = free.get()
-        try: return execute_run(r, out, notebook, device=dev)
-        finally: free.put(dev)
-    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
-        for fut in as_completed([pool.submit(one, r) for r in runs]): yield fut.result()
+class _LocalRuns:
+    "Runs on local slots: a daemon thread per slot executes one run at a time (the work is in kernel processes)."
+    def __init__(self, runs, out, notebook, slots, sweep):
+        self.sweep, self.todo, self.done = sweep, queue.Queue(), queue.Queue()
+        for r in runs: self.todo.put(r)
+        for dev in slots: threading.Thread(target=self._slot, args=(out, notebook, dev), daemon=True).start()
 
-def _dask_results(runs, out, notebook, scheduler, gpu):
-    "Yield each run's result as it finishes on a Dask cluster (`scheduler`: an address or a Client/cluster)."
-    from distributed import Client, as_completed as dask_completed
-    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
-    try:
-        res = {"GPU": 1} if gpu else None
-        futs = [client.submit(execute_run, r, str(out), str(notebook) if notebook else None,
-                              key=f"ignore-attn:{r.run_id}:{time.time_ns()}", resources=res, pure=False) for r in runs]
-        for fut in dask_completed(futs): yield fut.result()
+    def _slot(self, out, notebook, device):
+        while True:
+            try: r = self.todo.get_nowait()
+            except queue.Empty: return
+            try: res = execute_run(r, out, notebook, device=device, sweep=self.sweep)
+            except BaseException as e: res = dict(run_id=r.run_id, state="failed", seconds=0.0, error=f"{type(e).__name__}: {e}")
+            self.done.put(res)
+
+    def next(self, timeout: float) -> dict | None:
+        "The next finished run's result, or None after `timeout` seconds."
+        try: return self.done.get(timeout=timeout)
+        except queue.Empty: return None
+
+    def stop(self) -> int:
+        "Start no more runs; kill the kernels of those in progress. Returns how many runs will now never report."
+        dropped = 0
+        while True:
+            try: self.todo.get_nowait(); dropped += 1
+            except queue.Empty: break
+        stop_runs(self.sweep)
+        return dropped
+
+    def close(self) -> None: pass
+
+# GPUs of this process (a Dask worker) that one of its runs uses now.
+_GPUS_TAKEN: set[int] = set()
+_GPU_GUARD = threading.Lock()
+
+def _take_gpu() -> int | None:
+    "A GPU id of this Dask worker that none of its other runs uses: 0..n-1 for its `GPU` resource n (within its CUDA_VISIBLE_DEVICES)."
+    from distributed import get_worker
+    n = int(get_worker().state.total_resources.get("GPU", 0))
+    with _GPU_GUARD:
+        free = [g for g in range(n) if g not in _GPUS_TAKEN]
+        if not free: return None  # more runs than GPU units: Dask's resource accounting does not let this happen
+        _GPUS_TAKEN.add(free[0])
+        return free[0]
+
+def _dask_run(run: Run, out: str, notebook: str | None, sweep: str, gpu: bool) -> dict:
+    "A Dask task: execute one run, on a GPU device of its own when `gpu` (Dask resources count GPUs, they do not pick one)."
+    g = _take_gpu() if gpu else None
+    try: return execute_run(run, out, notebook, device=None if g is None else f"cuda:{g}", sweep=sweep)
     finally:
-        if client is not scheduler: client.close()
+        if g is not None:
+            with _GPU_GUARD: _GPUS_TAKEN.discard(g)
+
+def _sees(path: str, token: str, wait: float = 10.0) -> tuple[str, bool]:
+    "On a worker: (its host, whether it reads the probe file the client wrote); NFS may show a new file a little late."
+    t0 = time.time()
+    while True:
+        try:
+            if Path(path).read_text() == token: return socket.gethostname(), True
+        except OSError: pass
+        if time.time() - t0 > wait: return socket.gethostname(), False
+        time.sleep(0.5)
+
+def check_workers_see(client, # a distributed.Client
+                      out: Path, # the sweep's output folder, absolute
+                     ) -> None:
+    "Refuse, with a ValueError naming them, workers that do not see `out` as the client does (the client writes a probe, each worker reads it)."
+    token = secrets.token_hex(8)
+    probe = Path(out) / f".probe-{token}"
+    probe.write_text(token)
+    try: seen = client.run(_sees, str(probe), token)
+    finally: probe.unlink(missing_ok=True)
+    blind = sorted(f"{host} ({addr})" for addr, (host, ok) in seen.items() if not ok)
+    if blind: raise ValueError(
+        f"the Dask workers on {', '.join(blind)} cannot see the output folder {out} (a file the client wrote there is "
+        "not there for them): give --out a folder on a filesystem every worker mounts at the same path")
+
+class _DaskRuns:
+    "Runs on a Dask cluster (`scheduler`: an address or a Client), one task each; a GPU run takes one unit of the workers' GPU resource."
+    def __init__(self, runs, out, notebook, scheduler, gpu, sweep):
+        from distributed import Client
+        self.client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+        self.own, self.sweep, self.done = self.client is not scheduler, sweep, queue.Queue()
+        try: check_workers_see(self.client, out)
+        except BaseException: self.close(); raise
+        res = {"GPU": 1} if gpu else None
+        self.futs = {self.client.submit(_dask_run, r, str(out), str(notebook) if notebook else None, sweep, gpu,
+                                        key=f"ignore-attn:{r.run_id}:{time.time_ns()}", resources=res, pure=False): r.run_id
+                     for r in runs}
+        threading.Thread(target=self._collect, daemon=True).start()
+
+    def _collect(self) -> None:
+        from distributed import as_completed
+        for fut in as_completed(list(self.futs)):
+            try: self.done.put(fut.result())
+            except BaseException as e:
+                self.done.put(dict(run_id=self.futs[fut], state="partial" if fut.cancelled() else "failed", seconds=0.0,
+                                   error=f"{type(e).__name__}: {e}"))
+
+    def next(self, timeout: float) -> dict | None:
+        try: return self.done.get(timeout=timeout)
+        except queue.Empty: return None
+
+    def stop(self) -> int:
+        "On every worker: start no more runs of this sweep (they report at once), kill the kernels of those in progress."
+        try: self.client.run(stop_runs, self.sweep)
+        except Exception as e: print(f"could not reach every Dask worker to stop its runs ({e})", flush=True)
+        return 0
+
+    def close(self) -> None:
+        try: self.client.cancel([f for f in getattr(self, "futs", {}) if not f.done()])
+        except Exception: pass
+        if self.own: self.client.close()
 
 # %% ../nbs/10_experiments.ipynb #28e427df
 def _counts(states: list[str]) -> dict:
     return {s: states.count(s) for s in STATES if states.count(s)}
 
-def run_sweep(runs: list[Run], out: str | Path, jobs: int = 1, gpus: list[int] | None = None, runs_per_gpu: int = 1,
-              scheduler=None, gpu: bool = False, notebook: str | Path | None = None, progress: bool = True) -> "pd.DataFrame":
-    "Run what is not done of `runs` under `out`; return the status table (one row per run)."
+def _summary(states: list[str]) -> str:
+    "'3 done, 1 running elsewhere, ...'."
+    return ", ".join(f"{n} {'running elsewhere' if s == 'running' else s}" for s, n in _counts(states).items())
+
+def run_sweep(runs: list[Run],                   # the runs (expand, merge_runs)
+              out: str | Path,                   # their output folder (relative: to this process's working directory)
+              jobs: int = 1,                     # local slots
+              gpus: list[int] | None = None,     # local GPU ids (one slot per GPU and runs_per_gpu)
+              runs_per_gpu: int = 1,
+              scheduler=None,                    # a Dask scheduler address or Client: run there instead
+              gpu: bool = False,                 # with scheduler: each run takes one GPU of a worker
+              notebook: str | Path | None = None,  # the experiment notebook (default: each run's own)
+              progress: bool = True,             # a progress bar (else one line per failed or skipped run)
+             ) -> "pd.DataFrame":
+    "Run what is not done of `runs` under `out`, each decided under its own lock; the status table, `attrs['interrupted']` after Ctrl-C."
     from tqdm.auto import tqdm
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    notebook = Path(notebook) if notebook else None  # None: each run picks its own (notebook_for)
+    out = Path(out).expanduser().resolve()  # here, on the client: a Dask worker would resolve it in its own folder
+    for r in runs: _inside(out / r.run_id, out)
+    slots = device_slots(jobs, gpus, runs_per_gpu)
+    notebook = Path(notebook).resolve() if notebook else None  # None: each run picks its own (notebook_for)
     if notebook is None and runs: notebook_for(runs[0])  # missing notebooks: an error before any run starts
+    out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "sweep.json", [dict(run_id=r.run_id, **r.options) for r in runs])
     for r in runs:  # a killed sweep's kernels must not write into the runs this one resumes
         if stop_orphan(out / r.run_id): print(f"stopped the orphaned kernel of {r.run_id}")
     before = sweep_status(runs, out)
-    todo = [r for r, st in zip(runs, before.state) if st not in ("done", "running")]
-    print(f"{len(runs)} runs under {out}: " + ", ".join(f"{n} {s}" for s, n in _counts(list(before.state)).items())
-          + (f"; starting {len(todo)}" if todo else "; nothing to do"))
+    todo = [r for r, st in zip(runs, before.state) if st != "done"]  # running ones too: decided when each starts
+    print(f"{len(runs)} runs under {out}: {_summary(list(before.state))}"
+          + (f"; starting {len(todo)}" if todo else "; nothing to do"), flush=True)
+    results, interrupted, sweep = {}, False, secrets.token_hex(6)
     if todo:
-        n_par = 1 if scheduler is not None else len(device_slots(jobs, gpus, runs_per_gpu))
-        results = (_dask_results(todo, out, notebook, scheduler, gpu) if scheduler is not None
-                   else _local_results(todo, out, notebook, device_slots(jobs, gpus, runs_per_gpu)))
+        n_par = 1 if scheduler is not None else len(slots)
         bar = tqdm(total=len(runs), initial=len(runs) - len(todo), unit="run", disable=not progress, desc="sweep")
-        done = failed = 0; secs = []
-        for res in results:
-            done += res["state"] == "done"; failed += res["state"] == "failed"; secs.append(res["seconds"])
-            left = len(todo) - done - failed
+        backend = None
+        def take(res):
+            results[res["run_id"]] = res
+            n = {s: sum(r["state"] == s for r in results.values()) for s in ("done", "failed", "running")}
+            secs = [r["seconds"] for r in results.values() if r["state"] == "done"] or [0.0]
+            left = len(todo) - len(results)
             eta = sum(secs) / len(secs) * left / max(1, min(n_par, left)) if left else 0
-            bar.set_postfix(done=done, failed=failed, left=left, eta=f"{eta / 60:.1f} min", refresh=False)
+            bar.set_postfix(done=n["done"], failed=n["failed"], elsewhere=n["running"], left=left,
+                            eta=f"{eta / 60:.1f} min", refresh=False)
             bar.update(1)  # one refresh, with the new count and the new postfix together
-            if res["state"] == "failed" and not progress: print(f"failed: {res['run_id']}: {res['error']}")
-        bar.close()
+            if res["state"] == "running": bar.write(f"skipped {res['run_id']}: {res['error']}")  # shown with or without a bar
+            elif res["state"] == "failed" and not progress: print(f"failed: {res['run_id']}: {res['error']}", flush=True)
+        try:
+            backend = (_DaskRuns(todo, out, notebook, scheduler, gpu, sweep) if scheduler is not None
+                       else _LocalRuns(todo, out, notebook, slots, sweep))
+            while len(results) < len(todo):
+                res = backend.next(0.5)
+                if res is not None: take(res)
+        except KeyboardInterrupt:
+            interrupted = True
+            bar.clear()
+            print("\ninterrupted: stopping the runs in progress; each stays resumable", flush=True)
+            if backend is not None:
+                expected = len(todo) - backend.stop()  # runs that never started will not report
+                deadline = time.time() + 30
+                while len(results) < expected and time.time() < deadline:
+                    try: res = backend.next(0.2)
+                    except KeyboardInterrupt: break
+                    if res is not None: take(res)
+        finally:
+            bar.close()
+            if backend is not None: backend.close()
     status = sweep_status(runs, out)
-    print("final: " + ", ".join(f"{n} {s}" for s, n in _counts(list(status.state)).items()))
-    bad = status[status.state == "failed"]
-    for rid in bad.run_id:
-        print(f"  FAILED {rid}: see {out / rid / 'error.txt'} and the notebook {out / rid / 'train.ipynb'}")
+    for i, rid in enumerate(status.run_id):  # what this sweep saw says more than the folder can
+        res = results.get(rid)                # (a failure that could not write error.txt; an interruption)
+        if res and res["state"] in ("failed", "partial") and status.at[i, "state"] in ("todo", "partial"):
+            status.at[i, "state"] = res["state"]
+    print(("interrupted; " if interrupted else "") + "final: " + _summary(list(status.state)), flush=True)
+    for rid in status.run_id[status.state == "failed"]:
+        err = out / rid / "error.txt"
+        print(f"  FAILED {rid}: " + (f"see {err} and the notebook {out / rid / 'train.ipynb'}" if err.exists()
+                                      else (results.get(rid) or {}).get("error", "")))
+    for rid in status.run_id[status.state == "running"]:
+        print(f"  RUNNING ELSEWHERE {rid}: {describe_holder(running_elsewhere(out / rid) or {})}")
+    status.attrs["interrupted"] = interrupted
     return status
 
 # %% ../nbs/10_experiments.ipynb #707fe4e8
@@ -493,7 +815,8 @@ def sweep_main(args, extra: list[str]) -> int:
         print(f"sweep {name}: {len(runs)} runs under {args.out}")
         print(table.to_string(index=False)); return 0
     status = run_sweep(runs, args.out, **placement(args))
-    return 1 if (status.state == "failed").any() else 0
+    if status.attrs.get("interrupted"): return 130  # Ctrl-C: the runs stay resumable
+    return 0 if (status.state == "done").all() else 1  # failed, interrupted or running elsewhere: not finished
 
 # %% ../nbs/10_experiments.ipynb #c6146db7
 def quick_overrides() -> dict:
@@ -527,6 +850,7 @@ def reproduce_main(args, extra: list[str]) -> int:
     report_dir = Path(args.report) if args.report else out / "report"
     t0 = time.time()
     status = run_sweep(runs, out, **placement(args))
+    if status.attrs.get("interrupted"): return 130  # Ctrl-C: no report of a sweep cut short
     print("building the report ...", flush=True)
     from ignore_attn.report import build_report
     from ignore_attn.book import book_notebooks, render_book
@@ -535,4 +859,4 @@ def reproduce_main(args, extra: list[str]) -> int:
     home = build_report(out, report_dir, book=render_book if with_book else None)
     print(f"done in {(time.time() - t0) / 60:.1f} min: {int((status.state == 'done').sum())} of {len(status)} runs finished")
     print(f"report: {home}\nopen it in a browser: {Path(home).resolve().as_uri()}")
-    return 1 if (status.state == "failed").any() else 0
+    return 0 if (status.state == "done").all() else 1

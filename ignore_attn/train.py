@@ -284,16 +284,18 @@ class Run:
         return torch.compile(net, dynamic=False) if self.rt.compile else net
 
     def _save_epoch(self, epoch: int, improved: bool) -> None:
-        "Write last.pt, then best.pt if improved, then history.csv (rank 0; order matters for crash recovery)."
-        if self.run_dir is None:
-            if improved: self.best_state = _state_copy(self.model)
-            return
-        if not self.rt.is_main: return
-        ck = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "model": self.model.state_dict(),
+        "Write last.pt (with the best epoch's weights), then best.pt if improved, then history.csv (rank 0; the order matters)."
+        if improved:  # every rank keeps the best weights: they end the run, and last.pt carries them for a resume
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        if self.run_dir is None or not self.rt.is_main: return
+        state = self.model.state_dict()
+        # Improved: the best weights are the model's own tensors, which torch.save stores once.
+        ck = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "model": state,
               "optimizer": self.optimizer.state_dict(), "schedule": asdict(self.schedule), "rng": rng_state(),
-              "best": dict(self.best), "history": list(self.history), "elapsed_s": self.elapsed_s}
+              "best": dict(self.best), "history": list(self.history), "elapsed_s": self.elapsed_s,
+              "best_model": state if improved else self.best_state}
         save_checkpoint(self.run_dir.last, ck)
-        if improved: self._write_best(epoch, self.model.state_dict())
+        if improved: self._write_best(epoch, state)
         self.run_dir.write_history(self.history)
 
     def _write_best(self, epoch: int, state: dict) -> None:
@@ -302,8 +304,8 @@ class Run:
                                             "val_top1": self.best["val_top1"]})
 
     def _best_weights(self) -> dict:
-        "The best epoch's weights, from memory or best.pt (checked against the recorded best epoch)."
-        if self.run_dir is None: return self.best_state
+        "The best epoch's weights: kept in memory (and in last.pt), else (a last.pt of an older version) read from best.pt."
+        if self.best_state is not None or self.run_dir is None: return self.best_state
         ck = load_checkpoint(self.run_dir.best, self.rt.device)
         if ck["epoch"] != self.best["epoch"]:
             raise CorruptCheckpointError(f"{self.run_dir.best} holds epoch {ck['epoch']} but the run's best is epoch "
@@ -312,7 +314,7 @@ class Run:
         return ck["model"]
 
     def _finish(self) -> dict:
-        "Test the best checkpoint; write and return metrics.json."
+        "Test the best checkpoint; bring history.csv up to date; write and return metrics.json, then let the folder go."
         t0 = time.perf_counter()
         if self.rt.distributed: dist.barrier()  # rank 0 has finished writing best.pt
         self.model.load_state_dict(self._best_weights())
@@ -326,7 +328,10 @@ class Run:
                    "arch": cfg.arch, "attention": cfg.attention, "dataset": cfg.data.dataset, "seed": cfg.seed,
                    "num_classes": self.data.num_classes, "n_test": te["n"], "device": str(self.rt.device),
                    "world_size": self.rt.world_size, "status": "done"}
-        if self.run_dir is not None and self.rt.is_main: save_json(self.run_dir.metrics, metrics)
+        if self.run_dir is not None and self.rt.is_main:
+            self.run_dir.sync_history(self.history)  # a kill between last.pt and history.csv left it a row short
+            save_json(self.run_dir.metrics, metrics)
+            self.run_dir.unlock()
         _log(self.rt, f"test top-1 error {metrics['test_top1_err']:.2f}%  top-5 error {metrics['test_top5_err']:.2f}%  "
                       f"(best epoch {metrics['best_epoch']}, val top-1 error {metrics['best_val_top1_err']:.2f}%)")
         return metrics
@@ -338,22 +343,29 @@ def _epoch_line(r: dict, epochs: int, best: bool) -> str:
             f"{r['img_per_s']:.0f} img/s  {r['epoch_time_s']:.1f} s{'  *' if best else ''}")
 
 # %% ../nbs/09_train.ipynb #ed25f710
+from .engine import RUNNER_TOKEN_ENV, RunLocked
+
 def setup_run(cfg: TrainConfig) -> Run:
-    "Check and prepare everything a run needs (config, device, folder, data, model, resume state) before training."
+    "Check and prepare everything a run needs (config, device, folder, data, model, resume state); the run then holds its folder's lock."
+    cfg_given = cfg
     cfg = resolve_config(cfg)
     rt = resolve_runtime(cfg)
     config = config_to_dict(cfg)
     run_dir = RunDir(cfg.out) if cfg.out else None
     setup_distributed(rt)
-    state = run_dir.state(config) if run_dir else "new"
+    state = run_dir.state(config) if run_dir else "new"  # read only: another run's folder is refused before any work
     if rt.distributed: dist.barrier()  # every rank has looked at the folder before rank 0 writes to it
     if state == "done":
+        if rt.is_main: _repair_best(run_dir)
         _log(rt, f"run {run_dir.path} is already finished; its metrics are in {run_dir.metrics}")
         return Run(cfg, rt, run_dir, done_metrics=run_dir.read_metrics())
+    if run_dir is not None and rt.is_main and (holder := run_dir.holder()) is not None:
+        raise RunLocked(run_dir.lock_file, holder)  # say so now, not after reading the data
     if rt.device.type == "cuda": torch.backends.cudnn.benchmark = True
     fresh = run_dir is None or not run_dir.last.exists()  # starts from initial (or pretrained) weights
     if fresh: _check_weight_files(cfg)
     split = run_dir.read_split() if state == "resume" else None  # a new run makes (and saves) its own split
+    # build_data checks what only the data can tell (the batch against the data's size, damaged files): before any write
     data = build_data(cfg.data, batch_size=cfg.batch_size // rt.world_size, device=rt.device, seed=cfg.seed,
                       split=split, rank=rt.rank, world_size=rt.world_size,
                       eval_batch_size=None if cfg.eval_batch_size is None else max(1, cfg.eval_batch_size // rt.world_size))
@@ -366,14 +378,27 @@ def setup_run(cfg: TrainConfig) -> Run:
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                 **({"fused": True} if rt.device.type == "cuda" else {}))
     run = Run(cfg, rt, run_dir, data, model, optimizer, make_schedule(cfg), pretrained=pretrained)
-    if run_dir is not None:
-        if rt.is_main: _prepare_folder(run, config, split, state)
+    if run_dir is None: return run
+    try:
+        if rt.is_main:
+            # The lock, then the state again under it: what was decided above may have changed meanwhile
+            # (another command finished the run, or was killed after its first epoch). Then start over, once more.
+            run_dir.lock({"role": "train", "runner_token": os.environ.get(RUNNER_TOKEN_ENV)})
+            if run_dir.state(config) != state:
+                run_dir.unlock()
+                if rt.distributed:  # the other ranks are past this point: no starting over together
+                    raise RunDirConflict(f"{run_dir.path} changed while this run was starting (another command "
+                                         "finished or advanced it); run the same command again")
+                return setup_run(cfg_given)
+            _prepare_folder(run, config, split, state)
         if rt.distributed: dist.barrier()
         if run_dir.last.exists(): _resume(run)
+    except BaseException:
+        run_dir.unlock(); raise
     return run
 
 def _prepare_folder(run: Run, config: dict, split: dict | None, state: str) -> None:
-    "Create the folder; write split.json and then config.json (whose presence marks an initialised run)."
+    "Under the folder's lock: remove dead temp files; write split.json, then config.json (whose presence marks an initialised run)."
     rd = run.run_dir
     rd.path.mkdir(parents=True, exist_ok=True); rd.clean_temp_files()
     if split is None: save_json(rd.split, run.data.split)
@@ -382,6 +407,23 @@ def _prepare_folder(run: Run, config: dict, split: dict | None, state: str) -> N
                               "image_size": run.data.image_size, "world_size": run.rt.world_size,
                               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions()}
                              | ({"pretrained": run.pretrained} if run.pretrained is not None else {}))
+
+def _repair_best(rd: RunDir) -> None:
+    "Rebuild a finished run's missing or damaged best.pt from the best weights that last.pt keeps."
+    try: epoch = rd.read_metrics().get("best_epoch")
+    except RunDirConflict: return
+    if epoch is None or _best_is(rd.best, epoch) or not rd.last.exists(): return
+    try: ck = load_checkpoint(rd.last, "cpu")
+    except CorruptCheckpointError: return
+    best = ck.get("best") or {}
+    if ck.get("best_model") is None or best.get("epoch") != epoch: return
+    try: rd.lock({"role": "repair"})
+    except RunDirConflict as e:  # read-only, or busy: the finished run is still reported
+        print(f"{rd.best} is missing or damaged and cannot be rebuilt now: {e}", flush=True); return
+    try: save_checkpoint(rd.best, {"format": CHECKPOINT_FORMAT, "epoch": epoch, "model": ck["best_model"],
+                                   "val_top1": best.get("val_top1")})
+    finally: rd.unlock()
+    print(f"rebuilt {rd.best} (epoch {epoch}) from the best weights kept in {rd.last}", flush=True)
 
 def model_options(cfg: TrainConfig) -> dict:
     "Keyword arguments of `get_model` from the config: the attention init, and the skeleton frames of an NTU model."
@@ -423,7 +465,7 @@ def load_stream_checkpoints(model: nn.Module, cfg: TrainConfig, rt: Runtime) -> 
     return summary
 
 def _resume(run: Run) -> None:
-    "Load last.pt into the run; rewrite best.pt from it if a crash came between the two writes."
+    "Load last.pt into the run; rebuild best.pt and history.csv from it where a kill came between the writes."
     rd = run.run_dir
     ck = load_checkpoint(rd.last, "cpu", required=("format", "epoch", "model", "optimizer", "best", "history", "rng"))
     try:
@@ -433,8 +475,12 @@ def _resume(run: Run) -> None:
                                      f"delete {rd.last} and run the same command again to restart from epoch 1") from None
     set_rng_state(ck["rng"])
     run.start_epoch, run.best, run.history, run.elapsed_s = ck["epoch"], ck["best"], ck["history"], ck["elapsed_s"]
-    if run.rt.is_main and run.best["epoch"] == ck["epoch"] and not _best_is(rd.best, ck["epoch"]):
-        run._write_best(ck["epoch"], ck["model"])
+    if ck.get("best_model") is not None: run.best_state = ck["best_model"]
+    elif run.best["epoch"] == ck["epoch"]: run.best_state = ck["model"]  # a last.pt of an older version
+    if run.rt.is_main:
+        if run.best_state is not None and not _best_is(rd.best, run.best["epoch"]):
+            run._write_best(run.best["epoch"], run.best_state)
+        rd.sync_history(run.history)  # history.csv is the checkpoint's records, however many rows it had
     _log(run.rt, f"resuming {rd.path} after epoch {ck['epoch']}/{run.schedule.epochs}")
 
 def _best_is(path: Path, epoch: int) -> bool:
@@ -442,6 +488,11 @@ def _best_is(path: Path, epoch: int) -> bool:
     try: return path.exists() and load_checkpoint(path)["epoch"] == epoch
     except CorruptCheckpointError: return False
 
-def train(cfg: TrainConfig, on_epoch_end: Callable | None = None) -> dict:
+def train(cfg: TrainConfig, # the run (out=None: nothing written)
+          on_epoch_end: Callable | None = None, # called as on_epoch_end(epoch, record) after each epoch's writes
+         ) -> dict:
     "Run (or resume, or report) the training run `cfg` describes; returns its metrics (metrics.json)."
-    return setup_run(cfg).fit(on_epoch_end)
+    run = setup_run(cfg)
+    try: return run.fit(on_epoch_end)
+    finally:
+        if run.run_dir is not None: run.run_dir.unlock()  # also when training fails: this process may train again

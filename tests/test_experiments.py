@@ -153,17 +153,34 @@ def test_bad_input_refused_before_any_run(tmp_path, args, message):
     assert not (tmp_path / "o").exists()
 
 
-def test_restart_stops_an_orphaned_kernel(tmp_path):
+def test_restart_stops_an_orphaned_kernel_and_no_stranger(tmp_path):
+    "stop_orphan kills only the kernel of a dead runner, proven by its lock, token, start time and command line."
     from ignore_attn.experiments import stop_orphan
+    from ignore_attn.engine import process_identity
     import socket
     run_dir = tmp_path / "run"; run_dir.mkdir()
-    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     dead_runner = subprocess.Popen([sys.executable, "-c", "pass"]); dead_runner.wait()
+    # A stranger now has the pid the stale record names (issue 11, item 4): it must survive.
+    stranger = subprocess.Popen(["sleep", "600"])
     (run_dir / "running.json").write_text(json.dumps(dict(pid=dead_runner.pid, host=socket.gethostname(),
-                                                          kernel_pid=orphan.pid)))
-    assert stop_orphan(run_dir)
-    assert orphan.wait(timeout=10) == -signal.SIGKILL
-    assert not stop_orphan(run_dir)  # nothing left to stop
+                                                          token="feedc0de", kernel_pid=stranger.pid)))
+    try:
+        assert not stop_orphan(run_dir)
+        assert stranger.poll() is None, "a stranger with the recorded pid was killed"
+    finally:
+        stranger.kill(); stranger.wait()
+    # The real orphan: a process holding the trainer's lock, recorded with the dead runner's token.
+    grab = ("import fcntl, sys, time; f = open(sys.argv[1], 'a+b'); fcntl.lockf(f, fcntl.LOCK_EX); "
+            "print('locked', flush=True); time.sleep(600)")
+    orphan = subprocess.Popen([sys.executable, "-c", grab, str(run_dir / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert orphan.stdout.readline().strip() == "locked"
+        (run_dir / ".lock").write_text(json.dumps({**process_identity(orphan.pid), "runner_token": "feedc0de"}))
+        assert stop_orphan(run_dir)
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+        assert not stop_orphan(run_dir)  # nothing left to stop: nobody holds the lock
+    finally:
+        if orphan.poll() is None: orphan.kill(); orphan.wait()
 
 
 def test_one_run_on_several_processes_through_torchrun(tmp_path):

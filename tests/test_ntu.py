@@ -130,7 +130,7 @@ def test_wide_long_body_is_noise_but_a_lone_one_is_kept(tmp_path):
 def test_cache_parses_each_file_once(recording, tmp_path, monkeypatch):
     path, _ = recording
     first = ntu_data.load_skeleton(path, tmp_path / "cache")
-    monkeypatch.setattr(ntu, "read_skeleton", lambda p: pytest.fail("parsed a cached file again"))
+    monkeypatch.setattr(ntu_data, "read_skeleton", lambda p: pytest.fail("parsed a cached file again"))
     assert ntu_data.load_skeleton(path, tmp_path / "cache") == first
 
 
