@@ -723,7 +723,8 @@ def train_run(options: dict, # the run's trainer options (flat, as `resolve_opti
     options, env = _pin_gpu(options, nproc_per_node)
     os.environ.update(env)
     if dry_run:
-        setup_run(make_train_config(options))
+        run = setup_run(make_train_config(options))
+        if run.run_dir is not None: run.run_dir.unlock()
         return {"status": "prepared", "out": options.get("out")}
     lock = Path(options.get("out") or ".") / "running.json"
     if out is not None and lock.exists():  # tell the sweep runner which process trains, so it can stop an orphan
@@ -734,8 +735,10 @@ def train_run(options: dict, # the run's trainer options (flat, as `resolve_opti
         if not probe or not options.get("out"): return train(cfg)
         from ignore_attn.analysis import PROBE_FILE, ProbeBatch, probe_callback
         run = setup_run(cfg)
-        if run.done_metrics is not None: return run.done_metrics
-        return run.fit(probe_callback(run, ProbeBatch.from_run(run), Path(options["out"]) / PROBE_FILE))
+        try:
+            if run.done_metrics is not None: return run.done_metrics
+            return run.fit(probe_callback(run, ProbeBatch.from_run(run), Path(options["out"]) / PROBE_FILE))
+        finally: run.run_dir.unlock()   # as `train` does: this process may train again
     out = Path(options["out"]); out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "request.json", options)
     subprocess.run(launch_command(out, nproc_per_node), check=True, env={**os.environ, **env})

@@ -30,17 +30,18 @@ def data_root(tmp_path_factory) -> Path:
     "One folder holding every data set of the named sweeps, in their real on-disk formats, just big enough."
     root = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
-    for dataset, classes in (("cifar10", 10), ("cifar100", 100)):   # 40k/10k needs more than 10,000 training images
-        n = 10_000 + 2 * classes
+    for dataset, classes in (("cifar10", 10), ("cifar100", 100)):   # 10,000 validate; a batch of 128 must remain
+        n = 10_000 + 200
         train = (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.arange(n) % classes)
         test = (rng.integers(0, 256, (classes, 32, 32, 3), dtype=np.uint8), np.arange(classes))
         write_cifar(root, dataset, train, test)
-    for part in ("train", "val"):                                     # an ImageNet-style tree of two classes
-        for c in ("n01440764", "n01443537"):
+    for part, n in (("train", 130), ("val", 2)):                      # an ImageNet-style tree of two classes
+        for c in ("n01440764", "n01443537"):                          # (a batch of 256 needs 256 training images)
             (root / part / c).mkdir(parents=True)
-            for i in range(4):
+            for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / part / c / f"{i}.jpg")
-    write_tiny_ntu(root / "ntu", [f"S001C001P{p:03d}R001A{a:03d}" for p in (1, 2, 3) for a in (1, 2)])
+    # cross-subject: subjects 1, 2, 4, 5 train (a batch of 8 must fit after the validation holdout), 3 tests
+    write_tiny_ntu(root / "ntu", [f"S001C001P{p:03d}R001A{a:03d}" for p in (1, 2, 3, 4, 5) for a in (1, 2, 3)])
     return root
 
 
