@@ -73,8 +73,11 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
 def setup_distributed(rt: Runtime) -> None:
     "Join the torchrun process group (NCCL on CUDA, gloo on CPU) once per process."
     if not rt.distributed or dist.is_initialized(): return
-    if rt.device.type == "cuda": torch.cuda.set_device(rt.device)
-    dist.init_process_group("nccl" if rt.device.type == "cuda" else "gloo")
+    cuda = rt.device.type == "cuda"
+    if cuda: torch.cuda.set_device(rt.device)
+    # device_id binds the NCCL communicator to this rank's GPU now (eager init): barrier() and the first
+    # collective then never guess a device from the global rank.
+    dist.init_process_group("nccl" if cuda else "gloo", **({"device_id": rt.device} if cuda else {}))
 
 # %% ../nbs/13_engine.ipynb #48788e11
 class CorruptCheckpointError(RuntimeError):
@@ -495,6 +498,10 @@ class TrainStep:
         self.net, self.optimizer, self.rt, self.warmup = net, optimizer, rt, warmup
         self.own_loss = isinstance(_unwrap(net), WithLoss)
         self.use_graph, self.graph, self.eager_steps = rt.cuda_graphs and not self.own_loss, None, 0
+        # One side stream for warm-up and capture: cuBLAS/cuDNN handles and workspaces are made per stream, so
+        # the capture then meets none for the first time.
+        self.stream = torch.cuda.Stream(rt.device) if self.use_graph else None
+        self.lr = None   # graphs: one 0-d device tensor every param group reads; replays pick up lr.fill_(...)
 
     def _forward_backward(self, x, y, cache: bool = True):
         "Loss and gradients of a batch; returns (summed loss, number correct) as device tensors."
@@ -514,7 +521,9 @@ class TrainStep:
 
     def __call__(self, x: torch.Tensor | tuple, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         "Train on one batch (one input tensor or a tuple) at learning rate `lr`; returns (summed loss, number correct)."
-        for g in self.optimizer.param_groups: g["lr"] = lr
+        if self.lr is not None: self.lr.fill_(lr)   # a kernel on the stream, no host sync
+        else:
+            for g in self.optimizer.param_groups: g["lr"] = lr
         x, y = to_layout(to_device(x, self.rt.device), self.rt), y.to(self.rt.device, non_blocking=True)
         if self.use_graph and isinstance(x, (tuple, list)):
             warnings.warn("CUDA graphs capture a step on one input tensor; this batch has several, so training stays eager")
@@ -531,6 +540,10 @@ class TrainStep:
             except Exception as e:  # capture is an optimisation: fall back to eager, loudly
                 warnings.warn(f"CUDA graph capture failed ({type(e).__name__}: {e}); training continues eagerly")
                 self.use_graph, self.graph = False, None
+                if self.lr is not None:   # back to float learning rates for the eager optimiser
+                    lr = float(self.lr)
+                    for g in self.optimizer.param_groups: g["lr"] = lr
+                    self.lr = None
                 return self._eager(x, y)
         if x.shape != self.static_x.shape or y.shape != self.static_y.shape:
             self.optimizer.zero_grad(set_to_none=False)  # keep the graph's gradient buffers
@@ -538,13 +551,12 @@ class TrainStep:
             self.optimizer.step()
             return out
         self.static_x.copy_(x); self.static_y.copy_(y)
-        self.graph.replay()
-        self.optimizer.step()
+        self.graph.replay()   # forward, backward and the SGD update, at the lr in self.lr
         return self.static_loss.clone(), self.static_correct.clone()
 
     def _on_side_stream(self, x, y):
         "An eager step on a side stream, as graph capture requires of warm-up work."
-        main, side = torch.cuda.current_stream(self.rt.device), torch.cuda.Stream(self.rt.device)
+        main, side = torch.cuda.current_stream(self.rt.device), self.stream
         side.wait_stream(main)
         with torch.cuda.stream(side):
             x.record_stream(side); y.record_stream(side)
@@ -553,13 +565,19 @@ class TrainStep:
         return out
 
     def _capture(self, x, y):
-        "Record forward and backward into a CUDA graph with static input and gradient buffers."
+        "Record forward, backward and the optimiser step into one CUDA graph (static input, gradients and lr)."
+        # SGD has no step counter, so it needs no `capturable` flag; it must only be past its first step (momentum
+        # buffers exist: the warm-up made them) and read lr from device memory (fused SGD takes a tensor lr).
+        groups = self.optimizer.param_groups
+        self.lr = torch.tensor(float(groups[0]["lr"]), device=self.rt.device)
+        for g in groups: g["lr"] = self.lr
         self.static_x, self.static_y = x.clone(), y.clone()
         self.optimizer.zero_grad(set_to_none=True)  # backward inside the capture allocates .grad in the graph's pool
         torch.cuda.synchronize(self.rt.device)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.device(self.rt.device), torch.cuda.graph(graph, stream=self.stream):
             self.static_loss, self.static_correct = self._forward_backward(self.static_x, self.static_y, cache=False)
+            self.optimizer.step()
         self.graph = graph
 
 # %% ../nbs/13_engine.ipynb #072bce28

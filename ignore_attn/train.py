@@ -261,6 +261,8 @@ class Run:
             t0 = time.perf_counter()
             seed_epoch(self.cfg.seed, epoch, self.rt.rank)
             tr = train_one_epoch(step, self.data.train, self.schedule, epoch, self.rt, progress=not self.cfg.quiet)
+            if self.rt.distributed:   # each rank's last forward moved its BN statistics: validate rank 0's model
+                for b in self.model.buffers(): dist.broadcast(b, 0)
             va = evaluate(self.model, self.data.val, self.rt)
             record = {"epoch": epoch + 1, "lr": self.schedule(epoch), "train_loss": tr["loss"], "train_top1": tr["top1"],
                       "val_loss": va["loss"], "val_top1": va["top1"], "val_top5": va["top5"],
@@ -361,7 +363,9 @@ def setup_run(cfg: TrainConfig) -> Run:
         return Run(cfg, rt, run_dir, done_metrics=run_dir.read_metrics())
     if run_dir is not None and rt.is_main and (holder := run_dir.holder()) is not None:
         raise RunLocked(run_dir.lock_file, holder)  # say so now, not after reading the data
-    if rt.device.type == "cuda": torch.backends.cudnn.benchmark = True
+    if rt.device.type == "cuda":
+        torch.cuda.set_device(rt.device)   # torch.cuda.graph's capture stream and synchronize() use the current device
+        torch.backends.cudnn.benchmark = True
     fresh = run_dir is None or not run_dir.last.exists()  # starts from initial (or pretrained) weights
     if fresh: _check_weight_files(cfg)
     split = run_dir.read_split() if state == "resume" else None  # a new run makes (and saves) its own split
