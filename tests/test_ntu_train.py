@@ -172,8 +172,11 @@ def test_ddp_on_two_cpu_processes(frames_tree, tmp_path):
 def test_experiment_notebook_under_papermill(frames_tree, tmp_path):
     pm = pytest.importorskip("papermill")
     out = tmp_path / "run"
-    params = dict(data_dir=str(frames_tree), arch="mmtm-fusion-tiny", attention="mmtm-ign1(0.5)", epochs=1,
-                  batch_size=4, device="cpu", out=str(out), frames_rgb=2, frames_skel=16, image_size=32, workers=0)
+    from ignore_attn.experiments import resolve_options
+    config = resolve_options(dict(dataset="ntu", data_dir=str(frames_tree), arch="mmtm-fusion-tiny",
+                                  attention="mmtm-ign1(0.5)", epochs=1, batch_size=4, device="cpu", frames_rgb=2,
+                                  frames_skel=16, image_size=32, workers=0))
+    params = dict(config=config, out=str(out))       # what the sweep runner injects
     pm.execute_notebook(str(NOTEBOOK), str(tmp_path / "ntu.ipynb"), parameters=params, kernel_name="python3",
                         language="python", progress_bar=False, cwd=str(tmp_path))
     m = json.loads((out / "metrics.json").read_text())
