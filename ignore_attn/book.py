@@ -178,9 +178,10 @@ def _execute_one(path: Path, env: dict, timeout: int, allow_errors: bool, kernel
             "executed": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 def _pick(notebooks: list[Path], only) -> list[Path]:
-    "The notebooks named in `only` (file names or stems such as '05_digits'), in book order."
+    "The notebooks named in `only` (paths, file names or stems such as '05_digits'), in book order."
     if not only: return notebooks
     by_name = {n: p for p in notebooks for n in (p.name, p.stem)}
+    only = [n if n in by_name else Path(n).name for n in only]   # nbs/05_digits.ipynb: tab completion gives paths
     unknown = [n for n in only if n not in by_name]
     if unknown:
         raise ValueError(f"not a notebook of the book: {', '.join(unknown)}; choose among "
