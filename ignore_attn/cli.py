@@ -21,7 +21,8 @@ from .train import (PRESETS, SCHEDULE_NAMES, AMP_MODES, L2_MODES, CorruptCheckpo
 
 # %% auto #0
 __all__ = ['DATASETS', 'TRAIN_EPILOG', 'COMMANDS', 'add_train_parser', 'default_out', 'config_from_args', 'check_train_config',
-           'run_train', 'add_sweep_parser', 'add_report_parser', 'add_reproduce_parser', 'build_parser', 'main']
+           'run_train', 'add_sweep_parser', 'add_report_parser', 'add_reproduce_parser', 'add_docs_parser',
+           'add_export_parser', 'build_parser', 'main']
 
 # %% ../nbs/14_cli.ipynb #7a50315d
 DATASETS = tuple(getattr(_data, "DATASETS", ("cluttered-digits", "cifar10", "cifar100", "imagefolder", "imagenet")))
@@ -163,6 +164,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--out", help="run folder (default: runs/<dataset>-<arch>-<attention>-s<seed>)")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress bar, one line per epoch")
+    g.add_argument("--log", choices=("tensorboard",), dest="log_to", default=None,
+                   help="also log every epoch's numbers to OUT/tensorboard/ (needs: pip install tensorboard)")
     g.add_argument("--dry-run", action="store_true", help="check everything, print the resolved config as JSON, train nothing")
     p.set_defaults(run=run_train, command_parser=p)
     return p
@@ -177,7 +180,7 @@ def default_out(cfg: TrainConfig) -> str:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     "The TrainConfig the parsed `train` flags describe (unset flags keep the defaults)."
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("run", "command", "command_parser", "dry_run")}
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("run", "command", "command_parser", "dry_run", "log_to")}
     data = DataConfig(**{k[6:]: v for k, v in given.items() if k.startswith("data__")})
     cfg = TrainConfig(data=data, **{k: (tuple(v) if k == "milestones" else v) for k, v in given.items() if not k.startswith("data__")})
     if cfg.out is None: cfg.out = default_out(cfg)
@@ -247,7 +250,16 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try: run = setup_run(cfg)  # data, model, the folder's lock: bad input and a busy folder end here, nothing written
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, CorruptCheckpointError) as e:
         print(f"{parser.prog}: error: {_one_line(e)}", file=sys.stderr); return 2
-    try: metrics = run.fit()
+    logger = None
+    try:
+        if getattr(args, "log_to", None) == "tensorboard":  # a logger, not an option: config.json stays the same
+            from ignore_attn.tracking import TensorBoardLogger
+            logger = TensorBoardLogger(cfg.out)
+            logger.log_history(run.history)                    # a resumed run's earlier epochs, again
+        metrics = run.fit(logger)
+        if logger is not None: logger.log_final(metrics)
+    except ImportError as e:  # --log tensorboard without the tensorboard package
+        print(f"{parser.prog}: error: {_one_line(e)}", file=sys.stderr); return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted; run the same command again to resume from the last complete epoch", file=sys.stderr)
         return 130
@@ -256,6 +268,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
               file=sys.stderr)
         return 2
     finally:
+        if logger is not None: logger.close()
         if run.run_dir is not None: run.run_dir.unlock()
     if run.rt.is_main:
         print(f"metrics: {Path(cfg.out) / 'metrics.json'}  test top-1 error {metrics['test_top1_err']:.2f}%")
@@ -303,8 +316,31 @@ def add_reproduce_parser(sub) -> argparse.ArgumentParser:
     p.set_defaults(run=_guarded(reproduce_main), command_parser=p, accepts_extra=True)
     return p
 
+def add_docs_parser(sub) -> argparse.ArgumentParser:
+    "The `docs` subcommand: execute, check or render the book of notebooks (ignore_attn.book)."
+    from ignore_attn.book import add_docs_arguments, docs_main
+    p = sub.add_parser("docs", allow_abbrev=False, help="render the notebooks as a book site (no Quarto needed); --execute, --check",
+                       description="Render nbs/ as a static book with its committed outputs; re-execute it or check it is fresh.",
+                       epilog="examples:\n  ignore-attn docs --out _docs\n  ignore-attn docs --execute --only 11_analysis\n"
+                              "  ignore-attn docs --check",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_docs_arguments(p)
+    p.set_defaults(run=lambda args, parser: docs_main(args), command_parser=p)
+    return p
+
+def add_export_parser(sub) -> argparse.ArgumentParser:
+    "The `export` subcommand: a run's best weights as model.safetensors plus the config to rebuild the model."
+    from ignore_attn.export import add_export_arguments, export_main
+    p = sub.add_parser("export", allow_abbrev=False, help="export a run's best weights (safetensors) for get_model(weights=...)",
+                       description="Write model.safetensors and config.json of a run folder's best.pt.",
+                       epilog="example:\n  ignore-attn export runs/quick/cluttered-digits/resnet8-cifar/se-ign3/seed0 --out exports/se-ign3",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_export_arguments(p)
+    p.set_defaults(run=lambda args, parser: export_main(args), command_parser=p)
+    return p
+
 COMMANDS = {"train": add_train_parser, "sweep": add_sweep_parser, "report": add_report_parser,
-            "reproduce": add_reproduce_parser}
+            "reproduce": add_reproduce_parser, "docs": add_docs_parser, "export": add_export_parser}
 
 class _Parser(argparse.ArgumentParser):
     "An ArgumentParser whose errors are one line and a pointer to --help (not the 60-line usage of `train`)."

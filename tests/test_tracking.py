@@ -74,3 +74,19 @@ def test_scalars_and_tags():
     assert scalars({"epoch": 1, "a": 1, "b": np.float32(0.5), "c": float("nan"), "d": "x", "e": True, "f": None}).keys() == {"a", "b", "c"}
     assert [tag(k) for k in ("train_top1", "val_loss", "epoch_time_s")] == ["train/top1", "val/loss", "epoch_time_s"]
     assert [tag(k, final=True) for k in ("test_loss", "wall_time_s")] == ["test/loss", "final/wall_time_s"]
+
+
+def test_train_command_logs_to_tensorboard_and_keeps_the_config(tmp_path):
+    "`ignore-attn train --log tensorboard`: every epoch and the final metrics logged; config.json as without the flag."
+    import json
+    from ignore_attn.cli import main
+    args = ["train", "--arch", "resnet8-cifar", "--attention", "se-ign3", "--schedule", "quick", "--epochs", "2",
+            "--batch-size", "32", "--n-train", "128", "--n-val", "64", "--n-test", "64", "--image-size", "16",
+            "--augment", "none", "--workers", "0", "--device", "cpu", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "logged"), "--log", "tensorboard"]) == 0
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    logged = read_scalars(tmp_path / "logged" / "tensorboard")
+    assert [e for e, _ in logged["train/loss"]] == [1, 2] and "test/top1_err" in logged
+    assert not (tmp_path / "plain" / "tensorboard").exists()
+    cfg = lambda d: {k: v for k, v in json.loads((tmp_path / d / "config.json").read_text())["config"].items() if k != "out"}
+    assert cfg("logged") == cfg("plain")
