@@ -21,9 +21,9 @@ from .ntu_data import NUM_JOINTS
 from .registry import register_model
 
 # %% auto #0
-__all__ = ['PERSON_FUSION', 'FINETUNE_RECIPE', 'frame_motion', 'HCN', 'BottleneckResNet', 'RGBStream', 'MMTMFusionNet',
-           'mmtm_fusion', 'mmtm_fusion_tiny', 'LoadReport', 'load_stream_weights', 'load_pretrained', 'table4_specs',
-           'train_steps']
+__all__ = ['PERSON_FUSION', 'STREAMS', 'FINETUNE_RECIPE', 'frame_motion', 'HCN', 'BottleneckResNet', 'RGBStream', 'MMTMFusionNet',
+           'mmtm_fusion', 'mmtm_fusion_tiny', 'LoadReport', 'load_stream_weights', 'load_pretrained', 'StreamNet',
+           'table4_specs', 'train_steps']
 
 # %% ../nbs/08_ntu_model.ipynb #b1905c76
 def _scaled(channels: int, width: float) -> int:
@@ -331,6 +331,13 @@ class LoadReport:
                 f"{len(self.missing)} missing ({', '.join(self.missing[:3])}), "
                 f"{len(self.unexpected)} unexpected ({', '.join(self.unexpected[:3])})")
 
+def _stream_prefix(state: dict, own: dict, stream: str) -> str:
+    "The key prefix under which `state` holds the stream (`skeleton.`, `rgb.backbone.`, ...), or '' if none fits."
+    fits = lambda p: sum(k.startswith(p) and k[len(p):] in own for k in state)
+    candidates = (f"{stream}.backbone.", f"{stream}.", "backbone.")
+    best = max(candidates, key=fits)
+    return best if fits(best) else ""
+
 def load_stream_weights(module: nn.Module, # the stream to load into
                         path: str | os.PathLike, # a checkpoint file (a state dict, maybe wrapped)
                         stream: str = "stream", # the stream's name, for the report
@@ -338,8 +345,10 @@ def load_stream_weights(module: nn.Module, # the stream to load into
                        ) -> LoadReport:
     "Load the matching tensors of checkpoint `path` into `module` (deflating 3D kernels) and report the rest."
     state = _read_checkpoint(path)
-    if prefix: state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     own, report = module.state_dict(), LoadReport(stream, str(path))
+    if not prefix and not any(k in own for k in state):  # a whole model's checkpoint, e.g. a stream trained alone
+        prefix = _stream_prefix(state, own, stream)
+    if prefix: state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     merged = dict(own)
     for key, target in own.items():
         if key not in state:
@@ -360,7 +369,7 @@ def load_stream_weights(module: nn.Module, # the stream to load into
     _log.info("%s", report)
     return report
 
-def load_pretrained(model: MMTMFusionNet, # the two-stream model, loaded in place
+def load_pretrained(model: nn.Module, # MMTMFusionNet or a StreamNet, loaded in place
                     rgb_path: str | os.PathLike | None = None, # checkpoint of the RGB backbone (e.g. ImageNet ResNet-50); None: from scratch
                     skeleton_path: str | os.PathLike | None = None, # checkpoint of the HCN stream; None: from scratch
                     rgb_prefix: str = "", # key prefix of the RGB weights in their checkpoint
@@ -368,14 +377,74 @@ def load_pretrained(model: MMTMFusionNet, # the two-stream model, loaded in plac
                    ) -> dict[str, LoadReport]: # {stream: LoadReport} of the streams given
     "Load user-given checkpoints into the RGB backbone and the skeleton stream; a stream without one trains from scratch."
     reports = {}
-    for stream, module, path, prefix in (("rgb", model.rgb.backbone, rgb_path, rgb_prefix),
-                                         ("skeleton", model.skeleton, skeleton_path, skeleton_prefix)):
+    for stream, path, prefix in (("rgb", rgb_path, rgb_prefix), ("skeleton", skeleton_path, skeleton_prefix)):
+        module = getattr(model, stream, None)
+        if module is None:   # a StreamNet of the other stream
+            if path is not None:
+                raise ValueError(f"this model has no {stream} stream, so {stream} weights cannot be loaded into it; "
+                                 f"drop them (it is the {getattr(model, 'stream', '?')} stream alone)")
+            continue
+        if stream == "rgb": module = module.backbone
         if path is None:
             warnings.warn(f"no {stream} checkpoint given: the {stream} stream trains from scratch (the paper starts "
                           f"from ImageNet + Kinetics weights; pass {stream}_path=...)", stacklevel=2)
             continue
         reports[stream] = load_stream_weights(module, path, stream, prefix)
     return reports
+
+# %% ../nbs/08_ntu_model.ipynb #60dad1d0
+STREAMS = ("rgb", "skeleton")
+
+class StreamNet(nn.Module):
+    "One stream of `MMTMFusionNet` alone (RGB ResNet or HCN), on the same `(rgb, skeleton)` pairs, with its own loss."
+    def __init__(self, stream: str, # 'rgb' (per-frame ResNet) or 'skeleton' (HCN)
+                 num_classes: int = 60, # action classes (NTU RGB+D 60: 60)
+                 width: float = 1.0, # scales every channel count (1: the paper's streams)
+                 rgb_blocks: Sequence[int] = (3, 4, 6, 3), # bottlenecks per ResNet stage ((3, 4, 6, 3): ResNet-50)
+                 frames_skel: int = 32, # skeleton frames (MMTM: 32)
+                 persons: int = 2, # person slots of the skeletons
+                 hcn_conv2_channels: int = 32, # HCN's conv2 channels
+                 dropout: float = 0.5, # HCN's dropout rate
+                ):
+        super().__init__()
+        if stream not in STREAMS: raise ValueError(f"stream must be 'rgb' or 'skeleton', got {stream!r}")
+        self.stream = stream
+        if stream == "rgb": self.rgb = RGBStream(_rgb_backbone(num_classes, width, rgb_blocks), num_classes)
+        else: self.skeleton = HCN(num_classes, frames_skel, persons=persons, width=width,
+                                  conv2_channels=hcn_conv2_channels, dropout=dropout)
+
+    def forward(self, rgb, # clips (N, 3, T, H, W), or the pair (rgb, skeleton)
+                skeleton: torch.Tensor | None = None, # skeletons (N, 3, T, 25, M), unless in `rgb`
+               ) -> torch.Tensor: # this stream's logits (N, num_classes)
+        "The logits of this stream from its half of the input."
+        if skeleton is None:
+            if not (isinstance(rgb, (tuple, list)) and len(rgb) == 2):
+                raise TypeError(f"StreamNet takes the NTU pair (rgb, skeleton) and uses its {self.stream} part; "
+                                f"got {type(rgb).__name__}")
+            rgb, skeleton = rgb
+        return self.rgb(rgb) if self.stream == "rgb" else self.skeleton(skeleton)
+
+    def loss(self, inputs, # the pair (rgb, skeleton)
+             labels: torch.Tensor, # class indices (N,)
+            ) -> torch.Tensor:
+        "This stream's cross-entropy."
+        return F.cross_entropy(self(inputs), labels)
+
+def _stream_builder(stream: str, tiny: bool):
+    def build(num_classes: int = 60, attention: str | Spec = "standard", **kwargs) -> StreamNet:
+        if not parse_spec(attention).is_standard:
+            raise ValueError(f"a stream alone has nothing to fuse, so attention {str(attention)!r} does not apply; "
+                             "use 'standard' (or an mmtm-fusion model for MMTM)")
+        _check_classes(num_classes)
+        kwargs.pop("init", None)   # the trainer passes the attention init; a lone stream has no attention block
+        size = dict(width=1 / 16, rgb_blocks=(1, 1, 1, 1), frames_skel=16, hcn_conv2_channels=16) if tiny else {}
+        return StreamNet(stream, num_classes, **{**size, **kwargs})
+    build.__doc__ = f"The {stream} stream of the NTU model alone{' at 1/16 width, for CPU tests' if tiny else ''}."
+    return build
+
+for _stream in STREAMS:
+    for _tiny in (False, True):
+        register_model(f"ntu-{_stream}{'-tiny' if _tiny else ''}", kind="ntu")(_stream_builder(_stream, _tiny))
 
 # %% ../nbs/08_ntu_model.ipynb #d102a8a0
 FINETUNE_RECIPE = dict(

@@ -226,3 +226,17 @@ def test_sweep_options_reach_the_trainer():
     r = resolve_config(cfg)
     assert (r.rgb_weights, r.data.ntu_protocol, r.epochs, r.batch_size, r.schedule) == ("/w/rgb.pt", "xview", 10, 8, "paper-ntu")
     assert resolve_runtime(replace(r, device="cpu")).cuda_graphs is False
+
+
+def test_a_stream_trained_alone_starts_the_fusion_run(frames_tree, tmp_path):
+    "`train --arch ntu-skeleton-tiny`, then its best.pt as --skeleton-weights of a fusion run: every HCN tensor loads."
+    from ignore_attn.cli import main
+    stream_args = [a if a != "mmtm-fusion-tiny" else "ntu-skeleton-tiny" for a in TINY_ARGS]
+    assert main([*stream_args, "--data", str(frames_tree), "--out", str(tmp_path / "hcn")]) == 0
+    m = json.loads((tmp_path / "hcn" / "metrics.json").read_text())
+    assert (m["status"], m["arch"]) == ("done", "ntu-skeleton-tiny")
+    assert main([*TINY_ARGS, "--attention", "mmtm-ign3", "--data", str(frames_tree), "--out", str(tmp_path / "fused"),
+                 "--skeleton-weights", str(tmp_path / "hcn" / "best.pt")]) == 0
+    pre = json.loads((tmp_path / "fused" / "config.json").read_text())["pretrained"]
+    hcn_keys = len(ntu_model.HCN(60, 16, width=1 / 16, conv2_channels=16).state_dict())
+    assert pre["rgb"] is None and pre["skeleton"]["loaded"] == hcn_keys and pre["skeleton"]["missing"] == []
