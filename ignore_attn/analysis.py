@@ -85,14 +85,18 @@ def _check_table(table) -> dict:
 def _paper_datasets() -> set[str]:
     return {d for t in TABLES.values() if t["datasets"] for d in t["datasets"]}
 
-def table_of(dataset: str, attention: str) -> list:
+def table_of(dataset: str,   # the run's data set (any alias `canonical_dataset` knows)
+             attention: str, # its attention spec
+            ) -> list: # table keys (1-4), or ['quick'] for a data set outside the paper's tables
     "The tables a run on `dataset` with `attention` belongs to."
     dataset, kind = canonical_dataset(dataset), parse_spec(attention).kind
     if dataset not in _paper_datasets(): return ["quick"]
     return [k for k, t in TABLES.items() if t["datasets"] and dataset in t["datasets"]
             and (kind == "standard" or kind in t["kinds"])]
 
-def method_order(methods: Iterable[str], kinds: Iterable[str] = KINDS) -> list[str]:
+def method_order(methods: Iterable[str],     # canonical attention specs
+                 kinds: Iterable[str] = KINDS, # the attention kinds whose families come first, in this order
+                ) -> list[str]: # the distinct methods, sorted
     "Methods in the paper's order: standard, then each kind's family as in `all_specs`, then the rest sorted."
     ref = ["standard"] + [s for k in kinds for s in all_specs(k, extras=True)]
     rank = {m: i for i, m in enumerate(ref)}
@@ -146,7 +150,9 @@ def _canonical_attention(a):
     except (TypeError, ValueError): return a
 
 # %% ../nbs/11_analysis.ipynb #808350fc
-def read_run(run_dir, root=None) -> dict:
+def read_run(run_dir,   # a run folder (config.json, metrics.json, history.csv, error.txt ...)
+             root=None, # the folder run_id is relative to (None: run_dir's parent)
+            ) -> dict: # RUN_COLUMNS, status 'done', 'failed', 'broken' or 'incomplete', and the metrics
     "One row of `collect_runs`: the run's identity, status, error and metrics, read from its files."
     d = Path(run_dir); root = Path(root) if root is not None else d.parent
     row = dict.fromkeys(RUN_COLUMNS)
@@ -216,8 +222,14 @@ def _demo_notebook(title: str, lines: list[str]) -> dict:
                       {"cell_type": "code", "id": "log", "metadata": {}, "execution_count": 1, "source": "print(log)",
                        "outputs": [{"output_type": "stream", "name": "stdout", "text": "\n".join(lines) + "\n"}]}]}
 
-def write_demo_runs(root, datasets=("cluttered-digits",), archs=("resnet8-cifar",),
-                    attentions=("standard", "se", "se-ign3"), seeds=(0, 1), epochs: int = 6, seed: int = 0) -> list[Path]:
+def write_demo_runs(root, # folder to write the runs under
+                    datasets=("cluttered-digits",), # data sets of the grid
+                    archs=("resnet8-cifar",),       # architectures of the grid
+                    attentions=("standard", "se", "se-ign3"), # attention specs of the grid
+                    seeds=(0, 1),   # seeds of the grid
+                    epochs: int = 6, # epochs of made-up history per run
+                    seed: int = 0,   # seeds the made-up numbers
+                   ) -> list[Path]: # the run folders, in grid order
     "Write synthetic finished runs (trainer's file format, marked synthetic) under `root/<dataset>/<arch>/<slug>/seed<k>`."
     rng, out = np.random.default_rng(seed), []
     for ds, arch, att, s in ((d, a, t, k) for d in datasets for a in archs for t in attentions for k in seeds):
@@ -267,7 +279,9 @@ def load_history(runs: pd.DataFrame) -> pd.DataFrame:
 # %% ../nbs/11_analysis.ipynb #d0f5c921
 SYNTHETIC_LABEL = "SYNTHETIC (made-up numbers, not results)"
 
-def labelled(title: str, frame: pd.DataFrame) -> str:
+def labelled(title: str,        # a figure or table title
+             frame: pd.DataFrame, # the rows it shows (a 'synthetic' column marks fixture runs)
+            ) -> str:
     "`title`, prefixed with SYNTHETIC_LABEL when any row of `frame` comes from a synthetic (fixture) run."
     synthetic = "synthetic" in frame and frame["synthetic"].fillna(False).astype(bool).any()
     return f"{SYNTHETIC_LABEL}: {title}" if synthetic else title
@@ -316,12 +330,17 @@ class PaperTable:
 def _fmt(x, signed: bool = False) -> str:
     return "—" if x is None or pd.isna(x) else (f"{x:+.2f}" if signed else f"{x:.2f}")
 
-def ours_text(mean, std, n) -> str:
+def ours_text(mean, # mean over our seeds
+              std,  # their std (not shown when NaN or n < 2)
+              n,    # number of seeds (0: a dash)
+             ) -> str:
     "'mean ± std (n)' for our seeds; no std for one seed; a dash for none."
     if not n: return "—"
     return f"{mean:.2f} ({n})" if n < 2 or pd.isna(std) else f"{mean:.2f} ± {std:.2f} ({n})"
 
-def paper_text(mean, std) -> str:
+def paper_text(mean, # the paper's mean (NaN: a dash)
+               std,  # its std (NaN: the mean alone)
+              ) -> str:
     "The paper's 'mean ± std', or its single number."
     if pd.isna(mean): return "—"
     return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
@@ -332,13 +351,17 @@ def p_text(p) -> str:
     return ("<0.001" if p < 0.001 else f"{p:.3f}") + ("*" if p < 0.05 else "")
 
 # %% ../nbs/11_analysis.ipynb #1441bfc5
-def run_metric(runs: pd.DataFrame, metric: str) -> pd.Series:
+def run_metric(runs: pd.DataFrame, # collected runs (`collect_runs`)
+               metric: str,        # 'top1_err', 'top5_err' or 'top1_acc'
+              ) -> pd.Series: # one value per run, in percent
     "Each run's value of a table metric: top1_err, top5_err (from metrics.json) or top1_acc (100 - top-1 error)."
     if metric == "top1_acc": return 100.0 - runs["test_top1_err"]
     if metric in ("top1_err", "top5_err"): return runs[f"test_{metric}"]
     raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(METRIC_LABELS)}")
 
-def welch_p(a, b) -> float:
+def welch_p(a, # the values of one sample
+            b, # the values of the other
+           ) -> float:
     "Two-sided p-value of Welch's t-test (unequal variances) of samples a and b; NaN with fewer than 2 in either."
     a, b = np.asarray(a, float), np.asarray(b, float)
     if len(a) < 2 or len(b) < 2: return math.nan
@@ -366,7 +389,10 @@ def _parses(attention) -> bool:
     try: parse_spec(attention); return True
     except (TypeError, ValueError): return False
 
-def paper_table(runs: pd.DataFrame, table=1, paper: pd.DataFrame | None = None) -> PaperTable:
+def paper_table(runs: pd.DataFrame, # collected runs (`collect_runs`)
+                table=1,           # 1-4, or 'quick' (runs on data sets outside the paper's tables)
+                paper: pd.DataFrame | None = None, # the paper's numbers (None: `paper_results()`)
+               ) -> PaperTable:
     "The paper's Table `table` (1-4, or 'quick') from `runs`, with the paper's value, the difference and Welch p-values."
     spec = _check_table(table)
     paper = paper_results() if paper is None else paper
@@ -450,7 +476,9 @@ def run_groups(runs: pd.DataFrame) -> list[tuple[str, str]]:
     done = runs[runs["status"] == "done"].dropna(subset=["dataset", "arch"])
     return sorted({(d, a) for d, a in zip(done["dataset"], done["arch"])})
 
-def save_figure(fig: Figure, path) -> Path:
+def save_figure(fig: Figure, # the figure to save
+                path,        # the PNG file to write
+               ) -> Path:
     "Save `fig` as a PNG at `path` (folders made as needed) and return the path."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -466,8 +494,12 @@ def _palette(methods: list[str]) -> dict:
     return {m: colours[ref.index(m)] for m in methods}
 
 # %% ../nbs/11_analysis.ipynb #cb4357d7
-def loss_curves_figure(history: pd.DataFrame, dataset: str, arch: str, methods: list[str] | None = None,
-                       y: str = "val_loss") -> Figure:
+def loss_curves_figure(history: pd.DataFrame, # per-epoch history of the runs (`load_history`)
+                       dataset: str, # the data set of the group to plot
+                       arch: str,    # the architecture of the group
+                       methods: list[str] | None = None, # the attention specs to plot (None: all)
+                       y: str = "val_loss", # the history column to plot
+                      ) -> Figure:
     "Validation loss per epoch for each method on (dataset, arch): mean over seeds and a ±1 std band (paper Fig. 1)."
     h = _group(history, dataset, arch)
     if methods is not None: h = h[h["attention"].isin(methods)]
@@ -483,7 +515,12 @@ def loss_curves_figure(history: pd.DataFrame, dataset: str, arch: str, methods: 
     return fig
 
 # %% ../nbs/11_analysis.ipynb #5f568607
-def paper_value(paper: pd.DataFrame, dataset: str, arch: str, method: str, metric: str) -> float:
+def paper_value(paper: pd.DataFrame, # the paper's numbers (`paper_results`)
+                dataset: str, # our data set name
+                arch: str,    # our architecture name (e.g. 'resnet50-cifar')
+                method: str,  # canonical attention spec
+                metric: str,  # 'top1_err', 'top5_err' or 'top1_acc'
+               ) -> float:
     "The paper's mean for our (dataset, arch, method, metric), through the table's arch names; NaN if none."
     dataset = canonical_dataset(dataset)
     for k, t in TABLES.items():
@@ -493,8 +530,12 @@ def paper_value(paper: pd.DataFrame, dataset: str, arch: str, method: str, metri
         if len(hit): return float(hit["mean"].iloc[0])
     return math.nan
 
-def error_figure(runs: pd.DataFrame, dataset: str, arch: str, metric: str = "top1_err",
-                      paper: pd.DataFrame | None = None) -> Figure:
+def error_figure(runs: pd.DataFrame, # collected runs (`collect_runs`); only finished ones are shown
+                 dataset: str, # the data set of the group to plot
+                 arch: str,    # the architecture of the group
+                 metric: str = "top1_err", # 'top1_err', 'top5_err' or 'top1_acc'
+                 paper: pd.DataFrame | None = None, # the paper's numbers (None: `paper_results()`)
+                ) -> Figure:
     "Test error (or accuracy) per method on (dataset, arch): mean bar, one dot per seed, the paper's value as a diamond."
     g = _group(runs[runs["status"] == "done"], dataset, arch)
     if g.empty: raise ValueError(f"no finished runs for dataset {dataset!r} and arch {arch!r}; pick a pair from run_groups(runs)")
@@ -515,7 +556,10 @@ def error_figure(runs: pd.DataFrame, dataset: str, arch: str, metric: str = "top
     return fig
 
 # %% ../nbs/11_analysis.ipynb #059570d8
-def cost_figure(runs: pd.DataFrame, dataset: str, arch: str) -> Figure:
+def cost_figure(runs: pd.DataFrame, # collected runs (`collect_runs`); only finished ones are shown
+                dataset: str,       # the data set of the group to plot
+                arch: str,          # the architecture of the group
+               ) -> Figure:
     "Training cost per method on (dataset, arch): wall time (minutes) and training images per second, per seed."
     g = _group(runs[runs["status"] == "done"], dataset, arch)
     if g.empty: raise ValueError(f"no finished runs for dataset {dataset!r} and arch {arch!r}; pick a pair from run_groups(runs)")
@@ -542,7 +586,10 @@ def _strip_prefixes(state: dict) -> dict:
         out[k] = v
     return out
 
-def load_run_model(run_dir, checkpoint: str = "best.pt", device="cpu") -> nn.Module:
+def load_run_model(run_dir, # a run folder written by `ignore-attn train` or a sweep
+                   checkpoint: str = "best.pt", # the checkpoint file in it (best.pt or last.pt)
+                   device="cpu", # where to load the weights and put the model
+                  ) -> nn.Module:
     "The network of a run folder, rebuilt from config.json and loaded from `checkpoint` (best.pt), in eval mode."
     from ignore_attn.models import get_model
     from ignore_attn.train import load_checkpoint
@@ -564,7 +611,11 @@ def load_run_model(run_dir, checkpoint: str = "best.pt", device="cpu") -> nn.Mod
 def _contains(model: nn.Module, module: nn.Module) -> bool:
     return any(m is module for m in model.modules())
 
-def grad_cam(model: nn.Module, images: torch.Tensor, target_layer: nn.Module, class_idx=None) -> torch.Tensor:
+def grad_cam(model: nn.Module,      # the network (put in eval mode for the pass, then restored)
+             images: torch.Tensor,   # float (N, C, H, W), prepared as in training, on the model's device
+             target_layer: nn.Module, # a module of model that outputs feature maps (N, C, h, w) (`cam_layer`)
+             class_idx=None,         # the class to explain, one or one per image (None: each image's prediction)
+            ) -> torch.Tensor:
     "Grad-CAM maps (N, H, W) in [0, 1] of `target_layer` for class `class_idx` (default: the predicted class)."
     if not (isinstance(images, torch.Tensor) and images.ndim == 4 and images.is_floating_point()):
         raise TypeError("images must be a float tensor (N, C, H, W) prepared as the model was trained on "
@@ -593,7 +644,10 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target_layer: nn.Module, cl
     return cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
 
 # %% ../nbs/11_analysis.ipynb #35ecc7f7
-def cam_layer(model: nn.Module, image_size: int = 32, in_channels: int | None = None) -> nn.Module:
+def cam_layer(model: nn.Module,   # the network
+              image_size: int = 32, # side of the dummy input used to find the output shapes
+              in_channels: int | None = None, # channels of that input (None: those of the first Conv2d, or 3)
+             ) -> nn.Module:
     "The last module on the model's main path whose output is a feature map larger than 1x1 (Grad-CAM's usual layer)."
     if in_channels is None:  # the input width of the first convolution
         in_channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
@@ -615,7 +669,9 @@ def cam_layer(model: nn.Module, image_size: int = 32, in_channels: int | None = 
     return dict(candidates)[spatial[-1]]
 
 # %% ../nbs/11_analysis.ipynb #2460c74c
-def attention_masks(model: nn.Module, images: torch.Tensor) -> dict:
+def attention_masks(model: nn.Module,    # the network (run in eval mode, without gradients)
+                    images: torch.Tensor, # prepared inputs (N, C, H, W) on the model's device
+                   ) -> dict:
     "The mask each attention block applies to `images`: {module name: (N, C) tensor, or {'channel', 'spatial'} for CBAM}."
     was = model.training; model.eval()
     try:
@@ -638,7 +694,11 @@ def attention_stages(model: nn.Module) -> dict[str, str]:
     return out
 
 # %% ../nbs/11_analysis.ipynb #73963fc7
-def channel_mask_frame(masks: dict, stages: dict[str, str] | None = None, max_values: int = 20000, seed: int = 0) -> pd.DataFrame:
+def channel_mask_frame(masks: dict, # from `attention_masks`; only (N, C) channel masks are used
+                       stages: dict[str, str] | None = None, # {module name: stage} (None: the name's first part)
+                       max_values: int = 20000, # values kept per module (a random sample beyond it)
+                       seed: int = 0, # seeds the sample
+                      ) -> pd.DataFrame:
     "Channel-mask values in long form (module, stage, value), at most `max_values` sampled per module."
     rng, parts = np.random.default_rng(seed), []
     for name, m in masks.items():
@@ -663,7 +723,9 @@ def channel_mask_figure(frames: dict[str, pd.DataFrame]) -> Figure:
     return fig
 
 # %% ../nbs/11_analysis.ipynb #9cb0104f
-def ignoring_maps(masks: dict, image_size: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+def ignoring_maps(masks: dict, # from `attention_masks`; only blocks with a spatial mask (CBAM) give a map
+                  image_size: int | tuple[int, int], # the (H, W) to upsample to; an int: square
+                 ) -> dict[str, torch.Tensor]:
     "The ignoring mass 1 - spatial mask of every block with a spatial mask, upsampled to the image: {name: (N, H, W)}."
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     out = {}
@@ -674,7 +736,9 @@ def ignoring_maps(masks: dict, image_size: int | tuple[int, int]) -> dict[str, t
         out[name] = (1.0 - up).clamp(0, 1)
     return out
 
-def border_band(size: int | tuple[int, int], border: float = 0.125) -> torch.Tensor:
+def border_band(size: int | tuple[int, int], # the map's (H, W); an int: square
+                border: float = 0.125,       # the band's width as a fraction of each side (at least one pixel)
+               ) -> torch.Tensor:
     "Boolean (H, W) map of the pixels within `border` x side of the image edge."
     h, w = (size, size) if isinstance(size, int) else size
     bh, bw = max(1, round(border * h)), max(1, round(border * w))
@@ -682,8 +746,10 @@ def border_band(size: int | tuple[int, int], border: float = 0.125) -> torch.Ten
     band[bh:h - bh, bw:w - bw] = False
     return band
 
-def border_centre_table(ignoring: dict[str, torch.Tensor], stages: dict[str, str] | None = None,
-                        border: float = 0.125) -> pd.DataFrame:
+def border_centre_table(ignoring: dict[str, torch.Tensor], # {block: (N, H, W) ignoring mass} (`ignoring_maps`)
+                        stages: dict[str, str] | None = None, # {block: stage} (None: the name's first part)
+                        border: float = 0.125, # the band's width as a fraction of each side (`border_band`)
+                       ) -> pd.DataFrame: # one row per block
     "Per block: share of the ignoring mass on the border band, the band's share of pixels, and the border/centre ratio."
     rows = []
     for name, g in ignoring.items():
@@ -708,7 +774,9 @@ def _as_display(images) -> np.ndarray:
         a = (a - lo) / np.maximum(hi - lo, 1e-12)
     return np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a
 
-def stage_ignoring(ignoring: dict[str, torch.Tensor], stages: dict[str, str]) -> dict[str, torch.Tensor]:
+def stage_ignoring(ignoring: dict[str, torch.Tensor], # {block: (N, H, W) ignoring mass} (`ignoring_maps`)
+                   stages: dict[str, str], # {block: stage} (`attention_stages`); missing: the name's first part
+                  ) -> dict[str, torch.Tensor]:
     "The mean ignoring map of each stage's blocks: {stage: (N, H, W)}, stages in model order."
     by = {}
     for name, g in ignoring.items(): by.setdefault(stages.get(name, name.split(".")[0]), []).append(g)
@@ -730,8 +798,12 @@ def _overlay_grid(images, maps: dict[str, torch.Tensor], n: int, cmap: str, alph
     fig.suptitle(title, fontsize="medium")
     return fig, axes, shown
 
-def spatial_mask_figure(images, ignoring: dict[str, torch.Tensor], stages: dict[str, str], n: int = 4,
-                        title: str = "") -> Figure:
+def spatial_mask_figure(images, # the inputs: uint8 (N, H, W, 3) arrays, or (N, C, H, W) tensors
+                        ignoring: dict[str, torch.Tensor], # {block: (N, H, W) ignoring mass} (`ignoring_maps`)
+                        stages: dict[str, str], # {block: stage} (`attention_stages`)
+                        n: int = 4, # rows: the first n images
+                        title: str = "", # the figure's title ("": a default one)
+                       ) -> Figure:
     "Rows of images: the input, then each stage's mean ignoring map (1 - CBAM spatial mask) over it."
     per = stage_ignoring(ignoring, stages)
     if not per: raise ValueError("no spatial masks: only CBAM blocks have them (SE masks are per channel)")
@@ -739,12 +811,19 @@ def spatial_mask_figure(images, ignoring: dict[str, torch.Tensor], stages: dict[
     fig.colorbar(shown, ax=list(axes.ravel()), shrink=0.6, label="ignoring mass")
     return fig
 
-def grad_cam_figure(images, cams: dict[str, torch.Tensor], n: int = 4, title: str = "Grad-CAM") -> Figure:
+def grad_cam_figure(images, # the inputs: uint8 (N, H, W, 3) arrays, or (N, C, H, W) tensors
+                    cams: dict[str, torch.Tensor], # {column label: (N, H, W) map in [0, 1]} (`grad_cam`)
+                    n: int = 4, # rows: the first n images
+                    title: str = "Grad-CAM", # the figure's title
+                   ) -> Figure:
     "Rows of images: the input, then each model's Grad-CAM map over it ({label: (N, H, W)}), as the paper's Figure 2."
     return _overlay_grid(images, cams, n, "jet", 0.5, title)[0]
 
 # %% ../nbs/11_analysis.ipynb #e56d4db1
-def distractor_table(ignoring: dict[str, torch.Tensor], distractors, stages: dict[str, str] | None = None) -> pd.DataFrame:
+def distractor_table(ignoring: dict[str, torch.Tensor], # {block: (N, H, W) ignoring mass} (`ignoring_maps`)
+                     distractors, # bool (N, H, W): the distractor pixels, the same shape as each map
+                     stages: dict[str, str] | None = None, # {block: stage} (None: the name's first part)
+                    ) -> pd.DataFrame: # one row per block
     "Per block: mean ignoring mass on distractor pixels and elsewhere, their ratio, and the ROC-AUC of it against them."
     from sklearn.metrics import roc_auc_score
     truth = torch.as_tensor(np.asarray(distractors)).bool()
@@ -977,8 +1056,12 @@ def ignoring_verdict(runs: pd.DataFrame, # collected runs (`collect_runs`)
     return out
 
 # %% ../nbs/11_analysis.ipynb #789e9214
-def attention_report(model: nn.Module, images: torch.Tensor, distractors=None, border: float = 0.125,
-                     target_layer: nn.Module | None = None) -> dict:
+def attention_report(model: nn.Module, # the network
+                     images: torch.Tensor, # prepared inputs (N, C, H, W) on the model's device
+                     distractors=None, # bool (N, H, W) distractor pixels (None: no distractor table)
+                     border: float = 0.125, # the border band's width as a fraction of each side
+                     target_layer: nn.Module | None = None, # Grad-CAM's layer (None: `cam_layer(model)`)
+                    ) -> dict: # stages, masks, ignoring, channel, border, distractors and cam
     "Masks, channel-mask frame, border/centre table, distractor table and Grad-CAM of `model` on prepared `images`."
     stages = attention_stages(model)
     masks = attention_masks(model, images)
@@ -1013,7 +1096,11 @@ def _cluttered_stats(n: int, seed: int, size: int, kind: str) -> tuple[torch.Ten
     train = torch.from_numpy(cluttered_digits(n, seed, size, "train")[0]).permute(0, 3, 1, 2).contiguous()
     return norm_stats(train, kind)
 
-def run_images(run_dir, n: int = 16, pool: str = "test", stats_images: int = 512) -> dict:
+def run_images(run_dir, # a Cluttered Digits run folder (its config.json)
+               n: int = 16, # images to generate
+               pool: str = "test", # the pool they come from: 'train', 'val' or 'test'
+               stats_images: int = 512, # at most this many training images for the statistics (no 'norm' saved)
+              ) -> dict:
     "Cluttered Digits images of a run, prepared as in training: {'inputs', 'images' (uint8 NHWC), 'labels', 'distractors'}."
     from ignore_attn.digits import cluttered_digits
     from ignore_attn.data import normalize

@@ -38,7 +38,7 @@ examples:
       --attention se-ign3 --epochs 200 --seed 0 --out runs/c10-r50-se-ign3-s0
 
   # CIFAR-10 stored as JPEGs in class folders (train/<class>/*.jpg, test/<class>/*.jpg)
-  ignore-attn train --dataset imagefolder --data ../shared/data/cifar10-jpg --arch resnet50-cifar \\
+  ignore-attn train --dataset imagefolder --data ~/data/cifar10-jpg --arch resnet50-cifar \\
       --attention 'cbam-ign1(0.5)' --out runs/jpg-cbam
 
   # ImageNet on 8 GPUs of one machine (the paper's ImageNet protocol is the default schedule there)

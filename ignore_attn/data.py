@@ -151,7 +151,9 @@ def seeded_generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 # %% ../nbs/06_data.ipynb #d7bb8187
-def stratified_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def stratified_order(labels: np.ndarray,      # class label of each item
+                     rng: np.random.Generator, # draws the order within each class and the class tie-break
+                    ) -> np.ndarray: # a permutation of range(len(labels))
     "A random order of `range(len(labels))` in which every prefix holds each class in proportion to its size."
     labels = np.asarray(labels)
     keys, tiebreak = np.empty(len(labels)), np.empty(len(labels))
@@ -162,7 +164,11 @@ def stratified_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray
         tiebreak[members] = priority
     return np.lexsort((tiebreak, keys))
 
-def make_split(labels: np.ndarray, val_size: int, kind: str = "paper", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_split(labels: np.ndarray, # class label of each image of the training pool
+               val_size: int,      # images held out for validation (0 <= val_size < len(labels))
+               kind: str = "paper", # 'paper': seeded stratified; 'authors': the last val_size images
+               seed: int = 0,      # split seed ('paper' only)
+              ) -> tuple[np.ndarray, np.ndarray]: # sorted train and val indices into labels
     "Sorted (train, val) indices into `labels`: seeded stratified ('paper') or first N-val / last val ('authors')."
     _choice("split", kind, SPLITS)
     n = len(labels)
@@ -172,7 +178,12 @@ def make_split(labels: np.ndarray, val_size: int, kind: str = "paper", seed: int
     order = stratified_order(labels, np.random.default_rng([seed, 1]))
     return np.sort(order[val_size:]), np.sort(order[:val_size])
 
-def stratified_subset(idx: np.ndarray, labels: np.ndarray, limit: int | None, seed: int, stream: int) -> np.ndarray:
+def stratified_subset(idx: np.ndarray,    # indices to choose from
+                      labels: np.ndarray, # class labels, indexed by idx
+                      limit: int | None,  # keep at most this many (None: all)
+                      seed: int,          # with stream, seeds the draw
+                      stream: int,        # separates the draws of different subsets made from one seed
+                     ) -> np.ndarray: # the chosen indices, sorted
     "At most `limit` of the indices `idx` (sorted), drawn class-stratified from seed and stream; all when limit is None."
     idx = np.asarray(idx)
     if limit is None or limit >= len(idx): return idx
@@ -180,7 +191,10 @@ def stratified_subset(idx: np.ndarray, labels: np.ndarray, limit: int | None, se
     return np.sort(idx[order[:limit]])
 
 # %% ../nbs/06_data.ipynb #93d1edb8
-def norm_stats(images: torch.Tensor, kind: str = "channel", chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def norm_stats(images: torch.Tensor, # uint8 images (N, C, H, W), at least one
+               kind: str = "channel", # 'channel': mean and std per channel; 'pixel': mean per pixel, std 1
+               chunk: int = 4096,     # images summed at a time (bounds the float64 copy)
+              ) -> tuple[torch.Tensor, torch.Tensor]: # float32 (mean, std), each (C,1,1); 'pixel': mean (C,H,W), std ones
     "Float32 (mean, std) of uint8 images (N, C, H, W) in [0, 1]: per channel (C,1,1), or per pixel (C,H,W) with std 1."
     _choice("normalize", kind, NORMALIZATIONS)
     if images.ndim != 4 or images.dtype != torch.uint8 or len(images) == 0:
@@ -197,12 +211,19 @@ def norm_stats(images: torch.Tensor, kind: str = "channel", chunk: int = 4096) -
     std = (squares / (n * h * w) - mean**2).clamp_min(0).sqrt().clamp_min(1 / 255)    # a constant channel stays finite
     return mean.float().view(c, 1, 1), std.float().view(c, 1, 1)
 
-def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def normalize(x: torch.Tensor,    # uint8 batch (N, C, H, W)
+              mean: torch.Tensor, # on the [0, 1] scale, broadcast against x (from `norm_stats`)
+              std: torch.Tensor,  # on the [0, 1] scale, broadcast against x
+             ) -> torch.Tensor:
     "Float32 `(x / 255 - mean) / std` of a uint8 batch (N, C, H, W)."
     return (x.float() / 255 - mean) / std
 
 # %% ../nbs/06_data.ipynb #54f79d53
-def shift_images(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad_mode: str = "zeros") -> torch.Tensor:
+def shift_images(x: torch.Tensor,  # batch (B, C, H, W)
+                 dy: torch.Tensor, # (B,) pixels to move each image down (negative: up)
+                 dx: torch.Tensor, # (B,) pixels to move each image right (negative: left)
+                 pad_mode: str = "zeros", # fill of uncovered pixels: 'zeros', or 'edge' (the nearest edge pixel)
+                ) -> torch.Tensor: # the shifted batch, same shape and dtype
     "Move each image's content by (dy[b], dx[b]) pixels; fill uncovered pixels with zeros or the nearest edge pixel."
     _choice("pad_mode", pad_mode, PAD_MODES)
     b, c, h, w = x.shape
@@ -214,12 +235,21 @@ def shift_images(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad_mode: 
     inside = ((rows >= 0) & (rows < h)).view(b, 1, h, 1) & ((cols >= 0) & (cols < w)).view(b, 1, 1, w)
     return out * inside
 
-def flip_images(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+def flip_images(x: torch.Tensor,    # batch (B, C, H, W)
+                flip: torch.Tensor, # (B,) bool: which images to mirror
+               ) -> torch.Tensor:
     "Mirror left-right the images of batch `x` where the bool vector `flip` is true."
     return torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
 
 # %% ../nbs/06_data.ipynb #e76c3ffe
-def epoch_plan(n: int, *, seed: int, epoch: int, train: bool, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
+def epoch_plan(n: int,     # images in the dataset
+               *,
+               seed: int,  # the run's seed
+               epoch: int, # the epoch; with seed, fixes the whole plan
+               train: bool, # True: shuffled, with augmentation draws; False: in order, no draws
+               rank: int = 0,       # this process's rank; it takes every world_size-th position from rank
+               world_size: int = 1, # processes sharing the epoch (training drops n % world_size positions)
+              ) -> dict[str, torch.Tensor]: # 'order' (+ 'dy', 'dx', 'flip', 'sample_seed' in training)
     "This rank's order of `range(n)` for one epoch, with per-position shifts `dy, dx`, `flip` and `sample_seed` (train only)."
     if not train: return {"order": torch.arange(rank, n, world_size)}
     g = seeded_generator(seed, epoch, 0)
@@ -278,7 +308,9 @@ def _unpickle(path: Path) -> dict:
     if not isinstance(obj, dict): raise CorruptDataError(f"{path} is not a CIFAR batch (a pickled dict); re-extract the archive")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
-def cifar_folder(data_dir: str | Path, dataset: str) -> Path:
+def cifar_folder(data_dir: str | Path, # the data folder, or the pickles' folder itself
+                 dataset: str,          # 'cifar10' or 'cifar100'
+                ) -> Path:
     "The folder holding the CIFAR pickles: data_dir/cifar-10-batches-py (or data_dir itself if it is that folder)."
     data_dir, name = Path(data_dir), CIFAR_FILES[dataset]["folder"]
     return data_dir if data_dir.name == name else data_dir / name
@@ -307,7 +339,10 @@ def _cifar_part(folder: Path, files: list[str], label_key: str, n_classes: int) 
         images.append(data.reshape(-1, 3, 32, 32)); labels.append(lab)
     return np.concatenate(images), np.concatenate(labels)
 
-def read_cifar(data_dir: str | Path, dataset: str = "cifar10", download: bool = False) -> dict:
+def read_cifar(data_dir: str | Path,    # folder holding (or that is) cifar-10-batches-py / cifar-100-python
+               dataset: str = "cifar10", # 'cifar10' or 'cifar100'
+               download: bool = False,   # fetch missing pickles with torchvision (False: FileNotFoundError)
+              ) -> dict:
     "CIFAR-10/100 from torchvision's pickles: {'classes', 'train': (images (N,3,32,32) uint8, labels), 'test': (...)}."
     _choice("dataset", dataset, tuple(CIFAR_FILES))
     spec, folder = CIFAR_FILES[dataset], cifar_folder(data_dir, dataset)
@@ -324,8 +359,12 @@ def read_cifar(data_dir: str | Path, dataset: str = "cifar10", download: bool = 
             "test": _cifar_part(folder, spec["test"], spec["labels"], len(classes))}
 
 # %% ../nbs/06_data.ipynb #01aee287
-def write_cifar(data_dir: str | Path, dataset: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-                classes: list[str] | None = None) -> Path:
+def write_cifar(data_dir: str | Path, # where to create the dataset's pickle folder
+                dataset: str,          # 'cifar10' or 'cifar100'
+                train: tuple[np.ndarray, np.ndarray], # training images (N, 32, 32, 3) uint8 and labels
+                test: tuple[np.ndarray, np.ndarray],  # test images (N, 32, 32, 3) uint8 and labels
+                classes: list[str] | None = None, # class names (None: class0, class1, ... 10 or 100 of them)
+               ) -> Path: # the pickle folder
     "Write uint8 images (N, 32, 32, 3) and labels as torchvision-format CIFAR pickles under data_dir; return the folder."
     _choice("dataset", dataset, tuple(CIFAR_FILES))
     spec, folder = CIFAR_FILES[dataset], cifar_folder(data_dir, dataset)
@@ -355,7 +394,10 @@ def _images_in(folder: Path) -> list[str]:
     with os.scandir(folder) as entries:
         return sorted(e.name for e in entries if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
 
-def list_image_folder(part: Path, classes: list[str] | None = None, root: Path | None = None) -> tuple[list[Path], np.ndarray, list[str]]:
+def list_image_folder(part: Path, # a split folder (train/, test/ or val/) holding one folder per class
+                      classes: list[str] | None = None, # the class folders it must hold (None: whatever it holds)
+                      root: Path | None = None, # the dataset folder named in error messages (None: part.parent)
+                     ) -> tuple[list[Path], np.ndarray, list[str]]:
     "Files, int64 labels and class names of the tree `part/<class>/<image>` (classes as given, or its sorted folders)."
     root = root or part.parent
     if not part.is_dir(): raise FileNotFoundError(f"{part} not found; {folder_layout_help(root)}")
@@ -408,7 +450,10 @@ def load_image(path: str | Path,          # an image file
                                "short: re-extract it from the data set's archive, or delete it (a new run then uses "
                                "one image fewer)") from None
 
-def fit_image(img, size: int | None, resize_to: int | None = None):
+def fit_image(img, # a PIL image
+              size: int | None, # side of the square result (None: img unchanged)
+              resize_to: int | None = None, # shorter side before the centre crop (None: size)
+             ):
     "PIL image with its shorter side resized to `resize_to` (default `size`), then centre-cropped to size x size."
     from PIL import Image
     if size is None or img.size == (size, size): return img
@@ -435,7 +480,11 @@ def _cache_key(files: list[Path], size: int, roots: tuple[Path, ...]) -> str:
     for f in files: h.update(str(f).encode() + b"\0")
     return h.hexdigest()[:20]
 
-def decode_images(files: list[Path], size: int, roots: tuple[Path, ...] = (), desc: str = "decoding") -> np.ndarray:
+def decode_images(files: list[Path], # image files, in the order of the result
+                  size: int,         # side of the square images
+                  roots: tuple[Path, ...] = (), # dataset folders; their state is part of the cache key and name
+                  desc: str = "decoding", # progress bar label (the bar shows for 2000 files or more)
+                 ) -> np.ndarray:
     "uint8 (N, 3, size, size) array of the image files, through the on-disk cache (see `cache_dir`)."
     path = cache_dir() / f"{'-'.join(r.name for r in roots) or 'images'}-{_cache_key(files, size, roots)}.npy"
     if path.is_file():
@@ -512,7 +561,12 @@ class ResidentLoader(_PlannedLoader):
             yield self._finish(self.images[idx], plan, sl), self.labels[idx]
 
 # %% ../nbs/06_data.ipynb #c15876b4
-def random_resized_box(h: int, w: int, g: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def random_resized_box(h: int, # image height
+                       w: int, # image width
+                       g: torch.Generator, # draws the box
+                       scale=(0.08, 1.0),  # (min, max) fraction of the image area
+                       ratio=(3 / 4, 4 / 3), # (min, max) aspect ratio width / height
+                      ) -> tuple[int, int, int, int]:
     "(top, left, height, width) of a random crop covering `scale` of the area with aspect ratio in `ratio`."
     area, log_ratio = h * w, (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
@@ -689,8 +743,15 @@ def _stats_sample(items: ImageItems, seed: int, count: int = 1024) -> torch.Tens
     return torch.stack([items[int(i)][0] for i in pick])
 
 # %% ../nbs/06_data.ipynb #e4f868f4
-def build_data(cfg: DataConfig, batch_size: int, device="cpu", seed: int = 0, split: dict | None = None,
-               rank: int = 0, world_size: int = 1, eval_batch_size: int | None = None) -> Data:
+def build_data(cfg: DataConfig, # the dataset and its options
+               batch_size: int, # training batch size (per process)
+               device="cpu",    # where batches are delivered (and resident data kept)
+               seed: int = 0,   # the run's seed: train order and augmentation per epoch
+               split: dict | None = None, # a saved split record (`Data.split`) to check and reuse (None: make it)
+               rank: int = 0,   # this process's rank
+               world_size: int = 1, # processes sharing each epoch
+               eval_batch_size: int | None = None, # val and test batch size (None: batch_size)
+              ) -> Data:
     "Train/val/test loaders for `cfg` on `device`; the train order and augmentation depend only on (seed, epoch)."
     if not isinstance(cfg, DataConfig): raise TypeError(f"cfg must be a DataConfig, got {type(cfg).__name__}")
     cfg = cfg.check(); _check_run_args(batch_size, seed, rank, world_size, eval_batch_size)

@@ -113,11 +113,15 @@ def atomic_write(path: str | Path, # the file to (re)place
     finally:
         if tmp.exists(): tmp.unlink()
 
-def save_json(path: str | Path, obj) -> None:
+def save_json(path: str | Path, # the file to write (replaced in one step)
+              obj,              # anything json.dumps accepts
+             ) -> None:
     "Atomically write `obj` as indented JSON."
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
-def save_checkpoint(path: str | Path, obj: dict) -> None:
+def save_checkpoint(path: str | Path, # the file to write (replaced in one step)
+                    obj: dict,        # the checkpoint: anything torch.save accepts
+                   ) -> None:
     "Atomically `torch.save` a checkpoint dict."
     atomic_write(path, lambda f: torch.save(obj, f))
 
@@ -137,7 +141,10 @@ def load_checkpoint(path: str | Path, # a file save_checkpoint wrote
         f"good state (from epoch 1 if it was last.pt).")
 
 # %% ../nbs/13_engine.ipynb #a631f823
-def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
+def seed_epoch(seed: int,     # the run's seed
+               epoch: int,    # the epoch
+               rank: int = 0, # this process's rank
+              ) -> None:
     "Seed torch (CPU and CUDA), numpy and python's random from (seed, epoch, rank)."
     s = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
     torch.manual_seed(s); np.random.seed(s); random.seed(s)
@@ -196,7 +203,9 @@ def is_same_process(info: dict, # a process_identity record (extra keys are igno
     if ticks is None or ticks != info.get("start_ticks"): return False
     return info.get("cmdline") is None or _cmdline(pid) == info["cmdline"]
 
-def is_fresh(path: str | Path, max_age: float | None = None) -> bool:
+def is_fresh(path: str | Path, # a heartbeat file (False when it does not exist)
+             max_age: float | None = None, # seconds (None: STALE_AFTER_S)
+            ) -> bool:
     "True when `path` was modified (heartbeat) within `max_age` seconds (default STALE_AFTER_S)."
     try: return time.time() - Path(path).stat().st_mtime < (STALE_AFTER_S if max_age is None else max_age)
     except OSError: return False
@@ -344,7 +353,10 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         else: out[f"{prefix}{k}"] = v
     return out
 
-def config_diff(old: dict, new: dict, ignore=RUNTIME_KEYS) -> list[tuple[str, object, object]]:
+def config_diff(old: dict, # a saved config (nested dicts)
+                new: dict, # the config asked for now
+                ignore=RUNTIME_KEYS, # dotted keys that may differ (how the run runs, not what it trains)
+               ) -> list[tuple[str, object, object]]: # (dotted key, old value, new value), sorted by key
     "Keys (dotted) both configs have and disagree on, with both values, skipping the runtime keys."
     a, b = _flatten(old), _flatten(new)
     return [(k, a[k], b[k]) for k in sorted(set(a) & set(b)) if k not in ignore and a[k] != b[k]]
@@ -447,17 +459,23 @@ class RunDir:
         if self._lock is not None: self._lock.release()
 
 # %% ../nbs/13_engine.ipynb #0be3ca34
-def autocast(rt: Runtime, cache: bool = True):
+def autocast(rt: Runtime, # the run's runtime: its device and amp_dtype (None: autocast disabled)
+             cache: bool = True, # autocast's weight cache (False while capturing a CUDA graph)
+            ):
     "The autocast context for the runtime (a no-op without amp); cache off while capturing a graph."
     return torch.autocast(device_type=rt.device.type, dtype=rt.amp_dtype or torch.float32,
                           enabled=rt.amp_dtype is not None, cache_enabled=cache)
 
-def to_layout(x: torch.Tensor | tuple, rt: Runtime) -> torch.Tensor | tuple:
+def to_layout(x: torch.Tensor | tuple, # an input batch: one tensor, or a tuple/list of them
+              rt: Runtime, # the run's runtime; channels_last asks for that memory format
+             ) -> torch.Tensor | tuple:
     "An input batch in the runtime's memory format: 4-D image tensors channels-last when asked, anything else as it is."
     if isinstance(x, (tuple, list)): return type(x)(to_layout(t, rt) for t in x)
     return x.contiguous(memory_format=torch.channels_last) if rt.channels_last and x.ndim == 4 else x
 
-def to_device(x: torch.Tensor | tuple, device: torch.device) -> torch.Tensor | tuple:
+def to_device(x: torch.Tensor | tuple, # an input batch: one tensor, or a tuple/list of them
+              device: torch.device,   # where to put it (copied without blocking)
+             ) -> torch.Tensor | tuple:
     "An input batch on `device`: one tensor, or each tensor of a tuple/list (the (rgb, skeleton) pairs of NTU)."
     if isinstance(x, (tuple, list)): return type(x)(to_device(t, device) for t in x)
     return x.to(device, non_blocking=True)
@@ -486,7 +504,10 @@ def _unwrap(net: nn.Module) -> nn.Module:
         elif hasattr(net, "_orig_mod") and type(net).__name__ == "OptimizedModule": net = net._orig_mod
         else: return net
 
-def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_correct(logits: torch.Tensor, # (N, classes)
+                 y: torch.Tensor,      # (N,) int64 labels
+                 k: int = 5,           # the k of top-k
+                ) -> tuple[torch.Tensor, torch.Tensor]: # (top-1 hits, top-k hits), 0-d tensors
     "Numbers of top-1 and top-k hits; with fewer than k classes every label is in the top k."
     top = logits.topk(min(k, logits.shape[1]), dim=1).indices
     return (top[:, 0] == y).sum(), (top == y[:, None]).any(1).sum()
@@ -590,8 +611,14 @@ def _all_reduce(t: torch.Tensor, rt: Runtime) -> torch.Tensor:
     if rt.distributed: dist.all_reduce(t)
     return t
 
-def train_one_epoch(step: TrainStep, loader, schedule: Schedule, epoch: int, rt: Runtime,
-                    progress: bool = True, refresh: int = 20) -> dict:
+def train_one_epoch(step: TrainStep, # trains on one batch at a learning rate
+                    loader,          # the training loader (`set_epoch` is called with epoch)
+                    schedule: Schedule, # the learning rate at each fractional epoch
+                    epoch: int,      # 0-based
+                    rt: Runtime,     # the run's runtime (device, ranks)
+                    progress: bool = True, # show a progress bar (main process only)
+                    refresh: int = 20, # batches between updates of the bar's numbers
+                   ) -> dict: # loss, top1 (%), n, time_s, img_per_s, over all ranks
     "Train for one epoch (0-based); returns loss, top-1 accuracy (%), images, seconds and images per second."
     loader.set_epoch(epoch)
     n_steps, sums, n = len(loader), torch.zeros(2, dtype=torch.float64, device=rt.device), 0
@@ -612,7 +639,10 @@ def train_one_epoch(step: TrainStep, loader, schedule: Schedule, epoch: int, rt:
     return {"loss": l / n, "top1": 100 * c / n, "n": int(n), "time_s": seconds, "img_per_s": n / seconds}
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, rt: Runtime) -> dict:
+def evaluate(model: nn.Module, # the network (in eval mode for the pass, then restored)
+             loader,           # batches (x, y) to evaluate on
+             rt: Runtime,      # the run's runtime (device, layout, amp, ranks)
+            ) -> dict: # loss, top1, top5, top1_err, top5_err (%) and n, over all ranks (NaN if empty)
     "Loss, top-1 and top-5 accuracy (%) of `model` over a loader (NaN for an empty one)."
     was_training = model.training; model.eval()
     sums, n = torch.zeros(3, dtype=torch.float64, device=rt.device), 0  # loss, top-1 hits, top-5 hits; images

@@ -118,7 +118,9 @@ def _check_options(sweep: dict, name: str) -> None:
             try: resolve_config(TrainConfig(data=DataConfig(**data), **train))
             except (ValueError, TypeError) as e: raise ValueError(f"{name}: {e}") from None
 
-def check_sweep(sweep: dict, name: str = "sweep") -> dict:
+def check_sweep(sweep: dict,        # the sweep's keys: grid keys, meta keys and trainer options
+                name: str = "sweep", # the sweep's name, which starts each error message
+               ) -> dict: # a copy with the grid keys as lists
     "Validate `sweep` (unknown keys, empty grids, bad specs) and return it normalised with list-valued grid keys."
     singular = {"dataset": "datasets", "arch": "archs", "attention": "attentions", "seed": "seeds"}
     allowed = set(GRID_KEYS) | set(META_KEYS) | set(RUN_KEYS) | (trainer_keys() - set(singular))
@@ -194,10 +196,17 @@ def spec_slug(spec: str) -> str:
     "Folder-safe form of a canonical attention spec: `se-ign1(0.5)` -> `se-ign1_0.5`."
     return str(parse_spec(spec)).replace("(", "_").replace(")", "")
 
-def run_id(dataset: str, arch: str, attention: str, seed: int) -> str:
+def run_id(dataset: str,   # the run's dataset
+           arch: str,      # its architecture
+           attention: str, # its attention spec (any spelling `parse_spec` reads)
+           seed: int,      # its seed
+          ) -> str: # the run's folder under the sweep's out: <dataset>/<arch>/<spec slug>/seed<seed>
     return f"{dataset}/{arch}/{spec_slug(attention)}/seed{seed}"
 
-def expand(sweep: dict, overrides: dict | None = None, name: str = "sweep") -> list[Run]:
+def expand(sweep: dict,                  # the sweep's keys (see `check_sweep`)
+           overrides: dict | None = None, # keys that replace or add to the sweep's (None: none)
+           name: str = "sweep",           # the sweep's name, which starts each error message
+          ) -> list[Run]:
     "All runs of `sweep` (after `overrides`), in grid order, without duplicates; each run's options fully resolved."
     sweep = check_sweep({**sweep, **(overrides or {})}, name)
     common = {k: v for k, v in sweep.items() if k not in GRID_KEYS and k not in META_KEYS}
@@ -211,7 +220,9 @@ def expand(sweep: dict, overrides: dict | None = None, name: str = "sweep") -> l
     check_models({(r["arch"], r["attention"]) for r in runs.values()}, name)
     return list(runs.values())
 
-def check_models(pairs: set[tuple[str, str]], name: str = "sweep") -> None:
+def check_models(pairs: set[tuple[str, str]], # (arch, attention spec) pairs to build
+                 name: str = "sweep",         # the sweep's name, which starts each error message
+                ) -> None: # raises ValueError naming the first pair that cannot be built
     "Build each (arch, attention) once on the meta device (no memory, no compute) to refuse bad pairs up front."
     import torch
     from ignore_attn.models import get_model
@@ -331,7 +342,9 @@ def stop_orphan(run_dir: Path, # a run folder
     try: return _stop_orphan(d, timeout)
     finally: runner.release()
 
-def sweep_status(runs: list[Run], out: Path) -> "pd.DataFrame":
+def sweep_status(runs: list[Run], # the sweep's runs (`expand`)
+                 out: Path,       # the sweep's folder, holding one folder per run id
+                ) -> "pd.DataFrame": # columns run_id, state, test_top1_err, wall_time_s (NaN unless done)
     "One row per run: run_id, state, and the test error if done."
     import pandas as pd
     rows = []
@@ -500,7 +513,10 @@ def execute_run(run: Run,                         # the run
         runner.release()
 
 # %% ../nbs/10_experiments.ipynb #ffd9fc6d
-def device_slots(jobs: int = 1, gpus: list[int] | None = None, runs_per_gpu: int = 1) -> list[str | None]:
+def device_slots(jobs: int = 1, # slots on the default device (used when no gpus are given)
+                 gpus: list[int] | None = None, # GPU ids to run on (None or empty: `jobs` default slots)
+                 runs_per_gpu: int = 1, # concurrent runs on each GPU
+                ) -> list[str | None]: # one device per slot; None: the run's own device
     "The device of each local worker slot: `cuda:<g>` repeated `runs_per_gpu` times per GPU, else `jobs` default slots."
     if gpus:
         if runs_per_gpu < 1: raise ValueError(f"runs_per_gpu must be >= 1, got {runs_per_gpu}")
@@ -712,7 +728,9 @@ def run_sweep(runs: list[Run],                   # the runs (expand, merge_runs)
     return status
 
 # %% ../nbs/10_experiments.ipynb #707fe4e8
-def launch_command(out: str | Path, nproc_per_node: int) -> list[str]:
+def launch_command(out: str | Path,    # the run folder, holding request.json
+                   nproc_per_node: int, # GPUs of this machine to train on, one process each
+                  ) -> list[str]: # argv of the command
     "The torchrun command that trains the run whose options are in `<out>/request.json` on `nproc_per_node` GPUs."
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
             "-m", "ignore_attn.experiments", str(Path(out) / "request.json")]
@@ -811,7 +829,10 @@ def placement(args) -> dict:
     return dict(jobs=args.jobs or 1, gpus=gpus, runs_per_gpu=args.runs_per_gpu, scheduler=args.scheduler, gpu=args.gpu,
                 notebook=args.notebook)
 
-def sweep_runs(sweep: str, data: str | None = None, overrides: dict | None = None) -> tuple[str, list[Run]]:
+def sweep_runs(sweep: str, # a named sweep (`SWEEPS`) or the path of a YAML file
+               data: str | None = None, # the dataset folder, which must exist (None: the sweep's data_dir)
+               overrides: dict | None = None, # keys that replace or add to the sweep's (None: none)
+              ) -> tuple[str, list[Run]]: # the sweep's name and its runs
     "Load, override, check and expand a sweep; a missing data folder is refused here, before any run."
     name, sw = load_sweep(sweep)
     overrides = dict(overrides or {})

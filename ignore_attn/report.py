@@ -156,7 +156,10 @@ def render_notebook(ipynb, # an executed notebook: its path, or a notebook node 
 def _fmt_num(x, digits: int = 2) -> str:
     return "" if x is None or pd.isna(x) else f"{x:.{digits}f}"
 
-def summary_section(runs: pd.DataFrame, runs_dir: Path, built: str) -> str:
+def summary_section(runs: pd.DataFrame, # collected runs (`collect_runs`)
+                    runs_dir: Path,     # the folder they were collected from
+                    built: str,         # when the report was built, as shown
+                   ) -> str: # HTML
     "The header: where the runs are, when the report was built, how many runs by status, and the problems."
     counts = runs["status"].value_counts().to_dict()
     parts = [f"{counts.get(s, 0)} {s}" for s in ("done", "failed", "incomplete", "broken") if counts.get(s, 0)]
@@ -207,7 +210,12 @@ def _figure_html(path: Path, out: Path, caption: str) -> str:
     return (f'<figure><img src="{href(path, out)}" alt="{html.escape(caption)}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
-def figures_section(runs: pd.DataFrame, history: pd.DataFrame, paper: pd.DataFrame, out: Path, log=print) -> str:
+def figures_section(runs: pd.DataFrame,    # collected runs (`collect_runs`)
+                    history: pd.DataFrame, # per-epoch history of the finished runs (`load_history`)
+                    paper: pd.DataFrame,   # the paper's numbers (`paper_results`)
+                    out: Path,             # the report folder; PNGs go to out/figures/
+                    log=print,             # where figures that fail are reported
+                   ) -> str: # HTML
     "Per (dataset, arch): validation-loss curves, test error per method (every metric) and training cost, as PNGs."
     out_parts = []
     for dataset, arch in run_groups(runs):
@@ -231,7 +239,9 @@ def figures_section(runs: pd.DataFrame, history: pd.DataFrame, paper: pd.DataFra
     return "\n".join(out_parts) or '<div class="notice info">No finished runs, so no figures yet.</div>'
 
 # %% ../nbs/12_report.ipynb #f053de7f
-def copy_run_files(runs: pd.DataFrame, out: Path) -> dict[str, dict[str, Path]]:
+def copy_run_files(runs: pd.DataFrame, # collected runs (`collect_runs`)
+                   out: Path,          # the report folder
+                  ) -> dict[str, dict[str, Path]]:
     "Copy each run's small files into out/runs/<run_id>/; returns {run_id: {file name: copied path}}."
     copied = {}
     for r in runs.itertuples():
@@ -245,7 +255,10 @@ def copy_run_files(runs: pd.DataFrame, out: Path) -> dict[str, dict[str, Path]]:
         copied[r.run_id] = files
     return copied
 
-def render_run_notebooks(runs: pd.DataFrame, out: Path, log=print) -> dict[str, Path]:
+def render_run_notebooks(runs: pd.DataFrame, # collected runs; those with has_notebook are rendered
+                         out: Path,          # the report folder
+                         log=print,          # progress messages
+                        ) -> dict[str, Path]:
     "Render every run's train.ipynb to out/runs/<run_id>/train.html; returns {run_id: page}."
     pages, todo = {}, runs[runs["has_notebook"].astype(bool)]
     for i, r in enumerate(todo.itertuples(), 1):
@@ -256,7 +269,11 @@ def render_run_notebooks(runs: pd.DataFrame, out: Path, log=print) -> dict[str, 
         if i % 10 == 0 or i == len(todo): log(f"  rendered {i}/{len(todo)} run notebooks")
     return pages
 
-def runs_section(runs: pd.DataFrame, out: Path, pages: dict, files: dict) -> str:
+def runs_section(runs: pd.DataFrame, # collected runs (`collect_runs`)
+                 out: Path,          # the report folder; links are relative to it
+                 pages: dict,        # {run_id: notebook page} (`render_run_notebooks`)
+                 files: dict,        # {run_id: {file name: copied path}} (`copy_run_files`)
+                ) -> str: # HTML
     "The table of every run: link to its notebook page, identity, status, results, its files, its error."
     head = ["run", "dataset", "arch", "attention", "seed", "status", "top-1 err (%)", "top-5 err (%)", "best epoch",
             "wall time (s)", "train img/s", "files", "error"]
@@ -284,7 +301,11 @@ def analysis_notebook() -> Path | None:
     p = Path(__file__).resolve().parents[1] / "nbs" / "experiments" / "report.ipynb"
     return p if p.exists() else None
 
-def run_analysis(runs_dir: Path, out: Path, notebook: Path | None, log=print) -> tuple[Path | None, str | None]:
+def run_analysis(runs_dir: Path, # the runs folder, the notebook's runs_dir parameter
+                 out: Path,      # the report folder: the notebook's working directory and out_dir
+                 notebook: Path | None, # the analysis notebook (None: nothing runs, and the reason is returned)
+                 log=print,      # progress messages
+                ) -> tuple[Path | None, str | None]:
     "Execute the analysis notebook with papermill into out/analysis.ipynb; (the executed notebook, or None and why)."
     if notebook is None:
         return None, "the analysis notebook nbs/experiments/report.ipynb is not here (install from a source checkout)"
@@ -319,7 +340,10 @@ def analysis_caption(stem: str) -> str:
     parts = stem.split("_")
     return f"{' '.join(parts[:-1])}: {_ANALYSIS_CAPTIONS.get(parts[-1], parts[-1].replace('-', ' '))}"
 
-def analysis_section(out: Path, executed: Path | None, error: str | None) -> str:
+def analysis_section(out: Path, # the report folder, holding the notebook's analysis_* files and figures
+                     executed: Path | None, # the executed notebook (`run_analysis`; None: none)
+                     error: str | None, # why the notebook did not finish (None: it did)
+                    ) -> str: # HTML
     "The analysis notebook's figures and tables, with a link to its page; or why there are none."
     parts = []
     if executed is not None and (out / "analysis.html").exists():
@@ -429,9 +453,15 @@ def _quarto_build(out: Path, sections: list[tuple[str, str, str]], runs: pd.Data
     return out / "index.html"
 
 # %% ../nbs/12_report.ipynb #81a4a581
-def build_report(runs_dir, out_dir, paper: pd.DataFrame | None = None, quarto="auto", analysis="auto",
-                 quiet: bool = False, results_dir: str | Path | None = None,
-                 book=None) -> Path:
+def build_report(runs_dir, # folder holding the run folders, at any depth
+                 out_dir,  # the report folder: created, or an earlier report's, which is rebuilt
+                 paper: pd.DataFrame | None = None, # the paper's numbers (None: `paper_results()`)
+                 quarto="auto",   # 'auto' (if on the PATH), 'always' or 'never'
+                 analysis="auto", # the analysis notebook: 'auto'/True: this checkout's; a path; falsy: none
+                 quiet: bool = False, # True: no progress messages
+                 results_dir: str | Path | None = None, # the device suite's results (None: `default_results_dir()`)
+                 book=None, # a book renderer (e.g. `render_book`) to build the book into out_dir/book (None: none)
+                ) -> Path:
     "Build the static report site of the runs under `runs_dir` in `out_dir`; returns the path of its home page."
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     t0 = time.time()

@@ -194,7 +194,11 @@ def config_from_dict(d: dict) -> TrainConfig:
 
 
 # %% ../nbs/09_train.ipynb #c577e2b7
-def param_groups(model: nn.Module, weight_decay: float, decay_bn_bias: bool = True, l2_mode: str = "paper") -> list[dict]:
+def param_groups(model: nn.Module,    # the network; parameters without requires_grad are left out
+                 weight_decay: float, # the paper's uniform decay ('paper' only)
+                 decay_bn_bias: bool = True, # False: no decay on 1-D parameters (BN, biases) ('paper' only)
+                 l2_mode: str = "paper", # 'paper': uniform decay; 'authors': the model's own L2 coefficients
+                ) -> list[dict]: # {'params', 'names', 'weight_decay'} per decay value
     "SGD parameter groups, one per weight-decay value: the paper's uniform decay, or the model's own L2 coefficients."
     _check_choice("l2_mode", l2_mode, L2_MODES)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -449,7 +453,10 @@ def _sha1(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
     return h.hexdigest()
 
-def load_stream_checkpoints(model: nn.Module, cfg: TrainConfig, rt: Runtime) -> dict:
+def load_stream_checkpoints(model: nn.Module, # an NTU two-stream model (`mmtm-fusion`)
+                            cfg: TrainConfig, # its rgb_weights and skeleton_weights (None: that stream from scratch)
+                            rt: Runtime,      # the run's runtime (messages print on rank 0 only)
+                           ) -> dict: # per stream: None (from scratch), or path, sha1 and what was loaded
     "Load `cfg.rgb_weights` / `cfg.skeleton_weights` into an NTU model's streams, say where each stream starts; a JSON summary."
     from ignore_attn.ntu_model import load_pretrained
     with warnings.catch_warnings():   # said below, with the trainer's option names
