@@ -612,14 +612,23 @@ def _contains(model: nn.Module, module: nn.Module) -> bool:
     return any(m is module for m in model.modules())
 
 def grad_cam(model: nn.Module,      # the network (put in eval mode for the pass, then restored)
-             images: torch.Tensor,   # float (N, C, H, W), prepared as in training, on the model's device
-             target_layer: nn.Module, # a module of model that outputs feature maps (N, C, h, w) (`cam_layer`)
-             class_idx=None,         # the class to explain, one or one per image (None: each image's prediction)
-            ) -> torch.Tensor:
-    "Grad-CAM maps (N, H, W) in [0, 1] of `target_layer` for class `class_idx` (default: the predicted class)."
-    if not (isinstance(images, torch.Tensor) and images.ndim == 4 and images.is_floating_point()):
-        raise TypeError("images must be a float tensor (N, C, H, W) prepared as the model was trained on "
-                        f"(got {type(images).__name__} {tuple(getattr(images, 'shape', ()))})")
+             images,                 # float (N, C, H, W) prepared as in training, or a tuple of inputs, e.g. NTU's (rgb, skeleton)
+             target_layer: nn.Module, # a module of model that outputs feature maps (N, C, h, w), (N*T, C, h, w) or (N, C, T, h, w)
+             class_idx=None,         # the class to explain, one or one per sample (None: each sample's prediction)
+             stream: int = 0,        # with a tuple: the input whose picture the maps are drawn over
+             size: tuple[int, int] | None = None, # (H, W) of the maps (None: the last two dims of that input)
+            ) -> torch.Tensor:       # (N, H, W) in [0, 1]; (N, T, H, W) when the layer sees T frames per sample
+    "Grad-CAM maps of `target_layer` for class `class_idx` (default: the predicted class), one per sample (or frame)."
+    inputs = tuple(images) if isinstance(images, (tuple, list)) else (images,)
+    if not isinstance(images, (tuple, list)) and getattr(images, "ndim", 0) != 4 or \
+            not inputs or not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in inputs):
+        raise TypeError("images must be a float tensor (N, C, H, W) prepared as the model was trained on, or a tuple "
+                        f"of such inputs (got {type(images).__name__} {tuple(getattr(images, 'shape', ()))})")
+    if not 0 <= stream < len(inputs):
+        raise ValueError(f"stream={stream} but the model gets {len(inputs)} input(s); pick 0..{len(inputs) - 1}")
+    picture = inputs[stream]
+    if size is None and picture.ndim < 4:
+        raise TypeError(f"input {stream} of shape {tuple(picture.shape)} has no (H, W) to draw maps over; pass size=(H, W)")
     if not _contains(model, target_layer):
         raise ValueError("target_layer is not a module of model; pass one of model.modules(), e.g. the last stage "
                          "(cam_layer(model) picks it)")
@@ -629,19 +638,26 @@ def grad_cam(model: nn.Module,      # the network (put in eval mode for the pass
     model.eval()
     try:
         with torch.enable_grad():
-            logits = model(images)
+            logits = model(*inputs)
             if "a" not in kept: raise ValueError("target_layer did not run in the forward pass; pick a layer the model uses")
             a = kept["a"]
-            if not (isinstance(a, torch.Tensor) and a.ndim == 4):
+            if not (isinstance(a, torch.Tensor) and a.ndim in (4, 5)):
                 raise ValueError(f"target_layer must output feature maps (N, C, h, w), got {getattr(a, 'shape', type(a))}")
             idx = logits.argmax(1) if class_idx is None else torch.as_tensor(class_idx, device=logits.device).expand(len(logits))
             score = logits.gather(1, idx.long()[:, None]).sum()
             grads, = torch.autograd.grad(score, a)
     finally:
         hook.remove(); model.train(was_training)
-    cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True)).detach()
-    cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    return cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+    n = len(logits)
+    space = tuple(range(2, a.ndim))                  # (h, w), or (T, h, w) of a 3D feature map
+    cam = F.relu((grads.mean(dim=space, keepdim=True) * a).sum(1)).detach()   # (B, h, w) or (N, T, h, w)
+    if a.ndim == 4 and len(cam) != n:                # frames folded into the batch, as RGBStream does: (N*T, h, w)
+        if len(cam) % n: raise ValueError(f"target_layer's batch ({len(cam)}) is not a multiple of the {n} samples")
+        cam = cam.reshape(n, len(cam) // n, *cam.shape[1:])
+    size = tuple(size) if size is not None else tuple(picture.shape[-2:])
+    up = F.interpolate(cam.reshape(-1, 1, *cam.shape[-2:]), size=size, mode="bilinear", align_corners=False)
+    cam = up.reshape(*cam.shape[:-2], *size)
+    return cam / cam.flatten(1).amax(1).clamp_min(1e-12).reshape(-1, *[1] * (cam.ndim - 1))
 
 # %% ../nbs/11_analysis.ipynb #35ecc7f7
 def cam_layer(model: nn.Module,   # the network
