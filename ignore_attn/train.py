@@ -453,7 +453,7 @@ def _sha1(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
     return h.hexdigest()
 
-def load_stream_checkpoints(model: nn.Module, # an NTU two-stream model (`mmtm-fusion`)
+def load_stream_checkpoints(model: nn.Module, # an NTU model: two streams (`mmtm-fusion`) or one (`ntu-skeleton`)
                             cfg: TrainConfig, # its rgb_weights and skeleton_weights (None: that stream from scratch)
                             rt: Runtime,      # the run's runtime (messages print on rank 0 only)
                            ) -> dict: # per stream: None (from scratch), or path, sha1 and what was loaded
@@ -464,6 +464,7 @@ def load_stream_checkpoints(model: nn.Module, # an NTU two-stream model (`mmtm-f
         reports = load_pretrained(model, cfg.rgb_weights, cfg.skeleton_weights)
     summary = {}
     for stream, path in (("rgb", cfg.rgb_weights), ("skeleton", cfg.skeleton_weights)):
+        if getattr(model, stream, None) is None: continue   # a stream trained alone: the other one is not there
         if stream not in reports:
             _log(rt, f"no {stream} weights given: the {stream} stream trains from scratch (the paper fine-tunes from "
                      f"ImageNet + Kinetics weights; pass --{stream}-weights FILE, or {stream}_weights=FILE)")

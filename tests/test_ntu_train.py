@@ -228,11 +228,12 @@ def test_sweep_options_reach_the_trainer():
     assert resolve_runtime(replace(r, device="cpu")).cuda_graphs is False
 
 
-def test_a_stream_trained_alone_starts_the_fusion_run(frames_tree, tmp_path):
+def test_a_stream_trained_alone_starts_the_fusion_run(frames_tree, tmp_path, capsys):
     "`train --arch ntu-skeleton-tiny`, then its best.pt as --skeleton-weights of a fusion run: every HCN tensor loads."
     from ignore_attn.cli import main
     stream_args = [a if a != "mmtm-fusion-tiny" else "ntu-skeleton-tiny" for a in TINY_ARGS]
     assert main([*stream_args, "--data", str(frames_tree), "--out", str(tmp_path / "hcn")]) == 0
+    assert "rgb" not in capsys.readouterr().out            # nothing said about a stream the model does not have
     m = json.loads((tmp_path / "hcn" / "metrics.json").read_text())
     assert (m["status"], m["arch"]) == ("done", "ntu-skeleton-tiny")
     assert main([*TINY_ARGS, "--attention", "mmtm-ign3", "--data", str(frames_tree), "--out", str(tmp_path / "fused"),
