@@ -613,7 +613,7 @@ def _all_reduce(t: torch.Tensor, rt: Runtime) -> torch.Tensor:
 
 def train_one_epoch(step: TrainStep, # trains on one batch at a learning rate
                     loader,          # the training loader (`set_epoch` is called with epoch)
-                    schedule: Schedule, # the learning rate at each fractional epoch
+                    schedule: Callable, # `train.Schedule`: the learning rate at each fractional epoch
                     epoch: int,      # 0-based
                     rt: Runtime,     # the run's runtime (device, ranks)
                     progress: bool = True, # show a progress bar (main process only)
