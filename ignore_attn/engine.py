@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm   # the text bar: the same in a terminal, a log and a notebook
 
 # %% auto #0
 __all__ = ['KILL_AT_ENV', 'LOCK_FILE', 'RUNNER_LOCK_FILE', 'RUNNER_TOKEN_ENV', 'HEARTBEAT_S', 'STALE_AFTER_S', 'RUNTIME_KEYS',

@@ -662,7 +662,7 @@ def run_sweep(runs: list[Run],                   # the runs (expand, merge_runs)
               progress: bool = True,             # a progress bar (else one line per failed or skipped run)
              ) -> "pd.DataFrame":
     "Run what is not done of `runs` under `out`, each decided under its own lock; the status table, `attrs['interrupted']` after Ctrl-C."
-    from tqdm.auto import tqdm
+    from tqdm import tqdm   # the text bar: the same in a terminal, a log and a notebook
     out = Path(out).expanduser().resolve()  # here, on the client: a Dask worker would resolve it in its own folder
     for r in runs: _inside(out / r.run_id, out)
     slots = device_slots(jobs, gpus, runs_per_gpu)

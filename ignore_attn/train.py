@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm   # the text bar: the same in a terminal, a log and a notebook
 
 import ignore_attn
 from .flip import parse_spec
