@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 import seaborn as sns
 from scipy import stats
 
-from .flip import KINDS, all_specs, parse_spec
+from .flip import CONTROL_KINDS, KINDS, all_specs, parse_spec
 from .attention import AttentionBlock, record_masks
 
 # %% auto #0
@@ -97,8 +97,8 @@ def table_of(dataset: str,   # the run's data set (any alias `canonical_dataset`
 def method_order(methods: Iterable[str],     # canonical attention specs
                  kinds: Iterable[str] = KINDS, # the attention kinds whose families come first, in this order
                 ) -> list[str]: # the distinct methods, sorted
-    "Methods in the paper's order: standard, then each kind's family as in `all_specs`, then the rest sorted."
-    ref = ["standard"] + [s for k in kinds for s in all_specs(k, extras=True)]
+    "Methods in the paper's order: standard, then each kind's family as in `all_specs` and its constant-mask control, then the rest."
+    ref = ["standard"] + [s for k in kinds for s in all_specs(k, extras=True) + ([f"{k}-const"] if k in CONTROL_KINDS else [])]
     rank = {m: i for i, m in enumerate(ref)}
     return sorted(set(methods), key=lambda m: (rank.get(m, len(ref)), m))
 
@@ -490,7 +490,8 @@ def _group(df: pd.DataFrame, dataset: str, arch: str) -> pd.DataFrame:
 def _palette(methods: list[str]) -> dict:
     "One colour per method, the same in every figure."
     ref = method_order(["standard"] + [s for k in KINDS for s in all_specs(k, extras=True)] + list(methods))
-    colours = sns.color_palette("tab20", len(ref))
+    colours = sns.color_palette("tab20") + sns.color_palette("tab20b") + sns.color_palette("tab20c")  # 60 distinct
+    colours = [colours[k % len(colours)] for k in range(len(ref))]
     return {m: colours[ref.index(m)] for m in methods}
 
 # %% ../nbs/11_analysis.ipynb #cb4357d7
