@@ -620,9 +620,10 @@ def grad_cam(model: nn.Module,      # the network (put in eval mode for the pass
              size: tuple[int, int] | None = None, # (H, W) of the maps (None: the last two dims of that input)
             ) -> torch.Tensor:       # (N, H, W) in [0, 1]; (N, T, H, W) when the layer sees T frames per sample
     "Grad-CAM maps of `target_layer` for class `class_idx` (default: the predicted class), one per sample (or frame)."
-    inputs = tuple(images) if isinstance(images, (tuple, list)) else (images,)
-    if not isinstance(images, (tuple, list)) and getattr(images, "ndim", 0) != 4 or \
-            not inputs or not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in inputs):
+    several = isinstance(images, (tuple, list))
+    inputs = tuple(images) if several else (images,)
+    if not inputs or not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in inputs) \
+            or (not several and images.ndim != 4):
         raise TypeError("images must be a float tensor (N, C, H, W) prepared as the model was trained on, or a tuple "
                         f"of such inputs (got {type(images).__name__} {tuple(getattr(images, 'shape', ()))})")
     if not 0 <= stream < len(inputs):

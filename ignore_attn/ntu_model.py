@@ -21,9 +21,9 @@ from .ntu_data import NUM_JOINTS
 from .registry import register_model
 
 # %% auto #0
-__all__ = ['PERSON_FUSION', 'STREAMS', 'FINETUNE_RECIPE', 'frame_motion', 'HCN', 'BottleneckResNet', 'RGBStream', 'MMTMFusionNet',
-           'mmtm_fusion', 'mmtm_fusion_tiny', 'LoadReport', 'load_stream_weights', 'load_pretrained', 'StreamNet',
-           'table4_specs', 'train_steps']
+__all__ = ['PERSON_FUSION', 'STREAMS', 'FINETUNE_RECIPE', 'frame_motion', 'HCN', 'BottleneckResNet', 'RGBStream', 'ntu_pair',
+           'MMTMFusionNet', 'mmtm_fusion', 'mmtm_fusion_tiny', 'LoadReport', 'load_stream_weights', 'load_pretrained',
+           'StreamNet', 'table4_specs', 'train_steps']
 
 # %% ../nbs/08_ntu_model.ipynb #b1905c76
 def _scaled(channels: int, width: float) -> int:
@@ -198,6 +198,15 @@ def _rgb_backbone(num_classes: int, width: float, blocks: Sequence[int]) -> nn.M
 # %% ../nbs/08_ntu_model.ipynb #87605327
 PERSON_FUSION = ("first", "all")
 
+def ntu_pair(rgb, # clips (N, 3, T, H, W), or the pair (rgb, skeleton)
+             skeleton: torch.Tensor | None, # skeletons (N, 3, T, 25, M), unless in `rgb`
+             what: str, # what the model takes, for the TypeError
+            ) -> tuple[torch.Tensor, torch.Tensor]: # (rgb, skeleton)
+    "The (rgb, skeleton) inputs of an NTU model called as `model((rgb, skeleton))` or `model(rgb, skeleton)`."
+    if skeleton is not None: return rgb, skeleton
+    if not (isinstance(rgb, (tuple, list)) and len(rgb) == 2): raise TypeError(f"{what}; got {type(rgb).__name__}")
+    return tuple(rgb)
+
 class MMTMFusionNet(nn.Module):
     "Two-stream NTU model: per-frame ResNet-50 + HCN, `MMTM` (spec `attention`) after RGB layer2/3/4, mean of logits."
     stage_names = ("layer2", "layer3", "layer4")
@@ -254,12 +263,8 @@ class MMTMFusionNet(nn.Module):
                         skeleton: torch.Tensor | None = None, # skeletons (N, 3, T, 25, M), unless in `rgb`
                        ) -> tuple[torch.Tensor, torch.Tensor]: # (RGB logits, skeleton logits)
         "Logits of the RGB and skeleton streams, from `(rgb, skeleton)` or two arguments."
-        if skeleton is None:
-            if not (isinstance(rgb, (tuple, list)) and len(rgb) == 2):
-                raise TypeError("MMTMFusionNet takes (rgb (N, 3, T, H, W), skeleton (N, 3, T, 25, M)), as a pair or "
-                                f"two arguments; got {type(rgb).__name__}")
-            rgb, skeleton = rgb
-        a, b = rgb, skeleton
+        a, b = ntu_pair(rgb, skeleton, "MMTMFusionNet takes (rgb (N, 3, T, H, W), skeleton (N, 3, T, 25, M)), as a "
+                                       "pair or two arguments")
         for k in range(3):
             a = getattr(self.rgb, f"stage{k + 1}")(a)
             b = getattr(self.skeleton, f"stage{k + 1}")(b)
@@ -417,11 +422,7 @@ class StreamNet(nn.Module):
                 skeleton: torch.Tensor | None = None, # skeletons (N, 3, T, 25, M), unless in `rgb`
                ) -> torch.Tensor: # this stream's logits (N, num_classes)
         "The logits of this stream from its half of the input."
-        if skeleton is None:
-            if not (isinstance(rgb, (tuple, list)) and len(rgb) == 2):
-                raise TypeError(f"StreamNet takes the NTU pair (rgb, skeleton) and uses its {self.stream} part; "
-                                f"got {type(rgb).__name__}")
-            rgb, skeleton = rgb
+        rgb, skeleton = ntu_pair(rgb, skeleton, f"StreamNet takes the NTU pair (rgb, skeleton) and uses its {self.stream} part")
         return self.rgb(rgb) if self.stream == "rgb" else self.skeleton(skeleton)
 
     def loss(self, inputs, # the pair (rgb, skeleton)

@@ -100,6 +100,16 @@ class Commands:
 # What differs between any two runs: timing, timestamps, and the folder itself (config.out)
 VARYING = {"img_per_s", "train_time_s", "epoch_time_s", "elapsed_s", "wall_time_s", "train_img_per_s", "created", "out"}
 
+LOCK_HOLDER = ("import fcntl, sys, time; f = open(sys.argv[1], 'a+b'); fcntl.lockf(f, fcntl.LOCK_EX); "
+               "print('locked', flush=True); time.sleep(600)")
+
+def hold_lock(path: Path) -> subprocess.Popen:
+    "A process holding the POSIX lock on `path` (as a trainer holds its run folder's), returned once it holds it."
+    p = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "locked"
+    return p
+
+
 def _strip(x):
     "Drop what differs between any two runs (VARYING), recursively."
     if isinstance(x, dict): return {k: _strip(v) for k, v in x.items() if k not in VARYING}

@@ -11,7 +11,7 @@ from ignore_attn.cli import main
 from ignore_attn.engine import STALE_AFTER_S, is_same_process, lock_holder, process_identity
 from ignore_attn.experiments import expand, run_status, run_sweep, stop_orphan
 
-from reliability_helpers import Commands, assert_equal, snapshot
+from reliability_helpers import Commands, assert_equal, hold_lock, snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ("train --arch resnet8-cifar --schedule quick --batch-size 32 --device cpu --quiet "
@@ -124,11 +124,8 @@ def test_a_run_trained_by_hand_here_is_skipped_as_running_elsewhere(tmp_path):
     run = expand({**TINY, "attentions": ["standard"]}, name="one")[0]
     out = tmp_path / "runs"
     d = out / run.run_id; d.mkdir(parents=True)
-    grab = ("import fcntl, sys, time; f = open(sys.argv[1], 'a+b'); fcntl.lockf(f, fcntl.LOCK_EX); "
-            "print('locked', flush=True); time.sleep(600)")
-    trainer = subprocess.Popen([sys.executable, "-c", grab, str(d / ".lock")], stdout=subprocess.PIPE, text=True)
+    trainer = hold_lock(d / ".lock")
     try:
-        assert trainer.stdout.readline().strip() == "locked"
         (d / ".lock").write_text(json.dumps({**process_identity(trainer.pid), "role": "train"}))
         assert run_status(d) == "running"
         status = run_sweep([run], out, progress=False)

@@ -8,6 +8,7 @@ import yaml
 
 from ignore_attn.experiments import SWEEPS, expand, load_sweep, run_sweep, sweep_status
 from ignore_attn.train import load_checkpoint
+from reliability_helpers import hold_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every kernel these tests start (papermill's, the CLI's, Dask's) trains with the same number of threads, so
@@ -170,11 +171,8 @@ def test_restart_stops_an_orphaned_kernel_and_no_stranger(tmp_path):
     finally:
         stranger.kill(); stranger.wait()
     # The real orphan: a process holding the trainer's lock, recorded with the dead runner's token.
-    grab = ("import fcntl, sys, time; f = open(sys.argv[1], 'a+b'); fcntl.lockf(f, fcntl.LOCK_EX); "
-            "print('locked', flush=True); time.sleep(600)")
-    orphan = subprocess.Popen([sys.executable, "-c", grab, str(run_dir / ".lock")], stdout=subprocess.PIPE, text=True)
+    orphan = hold_lock(run_dir / ".lock")
     try:
-        assert orphan.stdout.readline().strip() == "locked"
         (run_dir / ".lock").write_text(json.dumps({**process_identity(orphan.pid), "runner_token": "feedc0de"}))
         assert stop_orphan(run_dir)
         assert orphan.wait(timeout=10) == -signal.SIGKILL
