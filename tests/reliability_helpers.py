@@ -35,6 +35,9 @@ for line in sys.stdin:
     t0 = time.monotonic()
     pid = os.fork()
     if pid == 0:  # the command, in a process of its own
+        # Ctrl-C as at a terminal: a suite started in the background (`... &`) inherits SIGINT ignored, and
+        # Python then never turns it into KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(fd, 1); os.dup2(fd, 2)
         os.environ.update(job["env"])
