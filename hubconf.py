@@ -9,8 +9,9 @@
 No weights are published with the library: `weights=None` (the default) gives the authors' initialisation, and
 `weights=` takes a .safetensors or .pt state dict, as a local path or a URL you give (downloaded once into
 torch.hub's cache). Written by hand (not from a notebook): torch.hub reads this file from the repository root;
-every public callable here is an entry point (`torch.hub.list`), so helpers start with an underscore and imports
-stay inside the functions.
+every public callable here is an entry point (`torch.hub.list`), so helpers start with an underscore. The entry
+points are made from the model registry (`ignore_attn.registry.model_entries`): one per listed model, with the
+registration's default attention, classes and description, so a backbone registered in its notebook is here too.
 """
 dependencies = ["torch", "torchvision"]   # what building the models needs; .safetensors files also need safetensors
 
@@ -52,60 +53,22 @@ _ARGS = """
 """
 
 
-def resnet20_cifar(attention="se-ign3", num_classes=10, weights=None, progress=True, **kwargs):
-    return _build("resnet20-cifar", num_classes, attention, weights, progress, **kwargs)
+def _entry(name: str, attention: str, num_classes: int, doc: str):
+    "The entry point of registered model `name`: its defaults and description come from its registration."
+    def entry(attention=attention, num_classes=num_classes, weights=None, progress=True, **kwargs):
+        return _build(name, num_classes, attention, weights, progress, **kwargs)
+    entry.__name__ = entry.__qualname__ = name.replace("-", "_")
+    entry.__doc__ = doc + "\n" + _ARGS
+    return entry
 
 
-def resnet32_cifar(attention="se-ign3", num_classes=10, weights=None, progress=True, **kwargs):
-    return _build("resnet32-cifar", num_classes, attention, weights, progress, **kwargs)
+def _entries() -> dict:
+    "One entry point per model name the registry lists (resnet50-cifar -> resnet50_cifar), so a new backbone needs no edit here."
+    from ignore_attn.registry import model_entries
+    return {n.replace("-", "_"): _entry(n, e.attention, e.num_classes, e.describe(n)) for n, e in model_entries("all").items()}
 
 
-def resnet44_cifar(attention="se-ign3", num_classes=10, weights=None, progress=True, **kwargs):
-    return _build("resnet44-cifar", num_classes, attention, weights, progress, **kwargs)
-
-
-def resnet50_cifar(attention="se-ign3", num_classes=10, weights=None, progress=True, **kwargs):
-    return _build("resnet50-cifar", num_classes, attention, weights, progress, **kwargs)
-
-
-def resnet56_cifar(attention="se-ign3", num_classes=10, weights=None, progress=True, **kwargs):
-    return _build("resnet56-cifar", num_classes, attention, weights, progress, **kwargs)
-
-
-def resnet110_cifar(attention="se-ign3", num_classes=10, weights=None, progress=True, **kwargs):
-    return _build("resnet110-cifar", num_classes, attention, weights, progress, **kwargs)
-
-
-def densenet40_cifar(attention="se-ign3", num_classes=10, weights=None, progress=True, **kwargs):
-    return _build("densenet40-cifar", num_classes, attention, weights, progress, **kwargs)
-
-
-def resnet50(attention="se-ign3", num_classes=1000, weights=None, progress=True, **kwargs):
-    return _build("resnet50", num_classes, attention, weights, progress, **kwargs)
-
-
-def mmtm_fusion(attention="mmtm-ign3", num_classes=60, weights=None, progress=True, **kwargs):
-    return _build("mmtm-fusion", num_classes, attention, weights, progress, **kwargs)
-
-
-def mmtm_fusion_tiny(attention="mmtm-ign3", num_classes=60, weights=None, progress=True, **kwargs):
-    return _build("mmtm-fusion-tiny", num_classes, attention, weights, progress, **kwargs)
-
-
-_DOCS = {
-    resnet20_cifar: "CIFAR ResNet v1 of depth 20 (6n+2, n = 3; 16/32/64 channels), attention on every residual branch.",
-    resnet32_cifar: "CIFAR ResNet v1 of depth 32 (n = 5), attention on every residual branch.",
-    resnet44_cifar: "CIFAR ResNet v1 of depth 44 (n = 7), attention on every residual branch.",
-    resnet50_cifar: "The paper's CIFAR 'ResNet50': ResNet v1 of depth 50 (n = 8), attention on every residual branch.",
-    resnet56_cifar: "CIFAR ResNet v1 of depth 56 (n = 9), attention on every residual branch.",
-    resnet110_cifar: "CIFAR ResNet v1 of depth 110 (n = 18), attention on every residual branch.",
-    densenet40_cifar: "The authors' CIFAR DenseNet-40 (growth 12, bottleneck), attention after every block and transition.",
-    resnet50: "ImageNet ResNet-50 (torchvision's names) with attention in every bottleneck, after bn3.",
-    mmtm_fusion: "NTU RGB+D two-stream model (per-frame ResNet-50 + HCN) fused by MMTM; input (rgb, skeleton). "
-                 "Pass frames_skel= to match the skeleton frames the weights were trained with.",
-    mmtm_fusion_tiny: "The NTU two-stream model at 1/16 width (CPU tests); input (rgb, skeleton).",
-}
-for _fn, _doc in _DOCS.items(): _fn.__doc__ = _doc + "\n" + _ARGS
+globals().update(_entries())
 
 
 def from_export(path, device="cpu"):

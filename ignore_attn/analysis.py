@@ -21,6 +21,7 @@ from scipy import stats
 
 from .flip import CONTROL_KINDS, KINDS, all_specs, parse_spec
 from .attention import AttentionBlock, record_masks
+from .registry import paper_models
 
 # %% auto #0
 __all__ = ['TABLES', 'DATASET_METRICS', 'METRIC_LABELS', 'RUN_MARKERS', 'REPORT_MARKER', 'METRIC_FIELDS', 'RUN_COLUMNS',
@@ -44,16 +45,17 @@ def paper_results() -> pd.DataFrame:
     return df
 
 # %% ../nbs/11_analysis.ipynb #145223bf
-_CIFAR_ARCHS = {"resnet50-cifar": "ResNet50", "densenet40-cifar": "DenseNet"}
+_PAPER_NAMES = paper_models("all")   # {model: the paper's name for it}, from each model's registration
+_CIFAR_ARCHS = {n: _PAPER_NAMES[n] for n in ("resnet50-cifar", "densenet40-cifar")}
 TABLES: dict = {
     1: dict(title="Table 1: SE and its ignoring variants on CIFAR-10 and CIFAR-100",
             datasets=("cifar10", "cifar100"), kinds=("se",), archs=_CIFAR_ARCHS),
     2: dict(title="Table 2: CBAM and its ignoring variants on CIFAR-10 and CIFAR-100",
             datasets=("cifar10", "cifar100"), kinds=("cbam",), archs=_CIFAR_ARCHS),
     3: dict(title="Table 3: SE, CBAM and their ignoring variants on ImageNet (ResNet-50)",
-            datasets=("imagenet",), kinds=("se", "cbam"), archs={"resnet50": "ResNet50"}),
+            datasets=("imagenet",), kinds=("se", "cbam"), archs={"resnet50": _PAPER_NAMES["resnet50"]}),
     4: dict(title="Table 4: MMTM and its ignoring variants on NTU RGB+D (top-1 accuracy)",
-            datasets=("ntu-rgbd",), kinds=("mmtm",), archs={"mmtm-fusion": "MMTM(RGB+skeleton)"}),
+            datasets=("ntu-rgbd",), kinds=("mmtm",), archs={"mmtm-fusion": _PAPER_NAMES["mmtm-fusion"]}),
     "quick": dict(title="Runs on data sets outside the paper's tables (the quick sweep: Cluttered Digits)",
                   datasets=None, kinds=KINDS, archs={}),
 }

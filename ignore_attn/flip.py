@@ -6,12 +6,14 @@
 from __future__ import annotations
 import re
 from dataclasses import dataclass
+from typing import Callable
 import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['CONST_MASK', 'KINDS', 'PAPER_FLIPS', 'EXTRA_FLIPS', 'FLIPS', 'CONTROLS', 'CONTROL_KINDS', 'SPEC_HELP', 'attend', 't1',
-           't2', 't3', 't_exp', 't_sigexp', 'const_mask', 'Spec', 'parse_spec', 'flip_mask', 'all_specs']
+__all__ = ['CONST_MASK', 'FLIP_TABLE', 'KINDS', 'PAPER_FLIPS', 'EXTRA_FLIPS', 'FLIPS', 'CONTROLS', 'CONTROL_KINDS', 'SPEC_HELP',
+           'attend', 't1', 't2', 't3', 't_exp', 't_sigexp', 'const_mask', 'Flip', 'Spec', 'parse_spec', 'flip_mask',
+           'all_specs']
 
 # %% ../nbs/00_flip.ipynb #ea0f85ea
 def attend(logits: torch.Tensor, # the branch's output z, any shape
@@ -61,13 +63,33 @@ def const_mask(shape: tuple[int, ...], # the mask's shape, e.g. (N, C)
     return like.new_full(tuple(shape), CONST_MASK)
 
 # %% ../nbs/00_flip.ipynb #9d13f001
+@dataclass(frozen=True)
+class Flip:
+    "One row of `FLIP_TABLE`: a flip function, what it reads (the mask sigmoid(z) or the logits z), and where it comes from."
+    fn: Callable[..., torch.Tensor]  # the flip, e.g. `t1`
+    reads: str                       # 'mask': fn(sigmoid(z)); 'logits': fn(z)
+    paper: bool                      # in the paper's tables (False: one of the authors' unpublished extras)
+    alphas: tuple[float, ...] = ()   # the alphas the paper tabulates; non-empty: the flip takes alpha as its second argument
+
+# Every flip, by its name in a spec. A new flip is one function above and one row here: parsing, `flip_mask`,
+# `all_specs` and the blocks all read this table.
+FLIP_TABLE = {
+    "ign1":   Flip(t1, reads="mask", paper=True, alphas=(1.0, 0.5, 0.8)),
+    "ign2":   Flip(t2, reads="mask", paper=True),
+    "ign3":   Flip(t3, reads="logits", paper=True),
+    "exp":    Flip(t_exp, reads="logits", paper=False),
+    "sigexp": Flip(t_sigexp, reads="logits", paper=False),
+}
 KINDS = ("se", "cbam", "mmtm")
-PAPER_FLIPS = ("ign1", "ign2", "ign3")
-EXTRA_FLIPS = ("exp", "sigexp")  # in the authors' code, not in the paper
+PAPER_FLIPS = tuple(n for n, f in FLIP_TABLE.items() if f.paper)
+EXTRA_FLIPS = tuple(n for n, f in FLIP_TABLE.items() if not f.paper)  # in the authors' code, not in the paper
 FLIPS = PAPER_FLIPS + EXTRA_FLIPS
 CONTROLS = ("const",)            # not attention: a fixed mask in the block's place (see above)
 CONTROL_KINDS = ("se", "cbam")   # the kinds that have the control
-_ALPHA_FLIPS = (None, "ign1")    # flips that take an alpha
+
+def _takes_alpha(flip: str | None) -> bool:
+    "Plain attention (flip None) and the flips whose row tabulates alphas take an alpha."
+    return flip is None or (flip in FLIP_TABLE and bool(FLIP_TABLE[flip].alphas))
 _SPEC_RE = re.compile(r"^(?P<kind>[a-z]+)(?:-(?P<flip>[a-z0-9]+))?(?:\((?P<alpha>[^()]*)\))?$")
 
 SPEC_HELP = ("valid attention specs: 'standard', or '<kind>[-<flip>][(<alpha>)]' with kind in "
@@ -89,12 +111,12 @@ class Spec:
             raise ValueError(f"unknown attention kind {self.kind!r}; {SPEC_HELP}")
         if self.kind == "standard" and (self.flip is not None or self.alpha != 1.0):
             raise ValueError(f"'standard' means no attention and takes no flip or alpha; {SPEC_HELP}")
-        if self.flip is not None and self.flip not in FLIPS + CONTROLS:
+        if self.flip is not None and self.flip not in (*FLIP_TABLE, *CONTROLS):
             raise ValueError(f"unknown flip {self.flip!r}; {SPEC_HELP}")
         if self.flip in CONTROLS and self.kind not in CONTROL_KINDS:
             raise ValueError(f"the const control (a constant mask in a residual branch) exists for "
                              f"{' and '.join(CONTROL_KINDS)} only, not {self.kind!r}; {SPEC_HELP}")
-        if self.flip not in _ALPHA_FLIPS and self.alpha != 1.0:
+        if not _takes_alpha(self.flip) and self.alpha != 1.0:
             raise ValueError(f"alpha is only defined for plain attention and ign1, not {self.flip!r}; {SPEC_HELP}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}; {SPEC_HELP}")
@@ -107,7 +129,7 @@ class Spec:
     @property
     def ignores(self) -> bool:
         "True when the branch learns what to ignore (any flip; not the const control)."
-        return self.flip in FLIPS
+        return self.flip in FLIP_TABLE
 
     @property
     def is_const(self) -> bool:
@@ -117,7 +139,7 @@ class Spec:
     def __str__(self) -> str:
         if self.is_standard: return "standard"
         name = self.kind if self.flip is None else f"{self.kind}-{self.flip}"
-        if self.flip == "ign1" or (self.flip is None and self.alpha != 1.0):
+        if (self.flip is not None and _takes_alpha(self.flip)) or (self.flip is None and self.alpha != 1.0):
             a = f"{self.alpha:g}"
             name += f"({a if '.' in a else a + '.0'})"
         return name
@@ -147,12 +169,10 @@ def flip_mask(logits: torch.Tensor, # the branch's output z, any shape
     spec = parse_spec(spec)
     if spec.is_standard: raise ValueError("spec 'standard' has no attention branch, so no mask")
     if spec.flip is None: return attend(logits, spec.alpha)
-    if spec.flip == "ign1": return t1(torch.sigmoid(logits), spec.alpha)
-    if spec.flip == "ign2": return t2(torch.sigmoid(logits))
-    if spec.flip == "ign3": return t3(logits)
-    if spec.flip == "exp": return t_exp(logits)
     if spec.is_const: return const_mask(logits.shape, logits)   # whatever the logits: the control has no branch
-    return t_sigexp(logits)
+    flip = FLIP_TABLE[spec.flip]   # `Spec` accepts only names of the table, so every flip has its row: no fall-through
+    x = torch.sigmoid(logits) if flip.reads == "mask" else logits
+    return flip.fn(x, spec.alpha) if flip.alphas else flip.fn(x)
 
 # %% ../nbs/00_flip.ipynb #99374047
 def all_specs(kind: str, # 'se', 'cbam' or 'mmtm'
@@ -161,6 +181,9 @@ def all_specs(kind: str, # 'se', 'cbam' or 'mmtm'
              ) -> list[str]: # canonical spec names in the order of the paper's tables
     "The paper's variants of attention `kind` in table order (plus the authors' extras, and the const control, if asked)."
     if kind not in KINDS: raise ValueError(f"unknown attention kind {kind!r}; kinds are {', '.join(KINDS)}")
-    specs = [kind, f"{kind}-ign1(1.0)", f"{kind}-ign1(0.5)", f"{kind}-ign1(0.8)", f"{kind}-ign2", f"{kind}-ign3"]
-    specs += [f"{kind}-{f}" for f in EXTRA_FLIPS] if extras else []
+    def named(flip: str) -> list[str]:   # one spec per tabulated alpha, or one spec
+        f = FLIP_TABLE[flip]
+        return [str(Spec(kind, flip, a)) for a in f.alphas] if f.alphas else [f"{kind}-{flip}"]
+    flips = [n for n, f in FLIP_TABLE.items() if f.paper] + ([n for n, f in FLIP_TABLE.items() if not f.paper] if extras else [])
+    specs = [kind] + [s for flip in flips for s in named(flip)]
     return specs + ([f"{kind}-{c}" for c in CONTROLS] if controls and kind in CONTROL_KINDS else [])

@@ -16,10 +16,11 @@ from .registry import get_model, list_models, register_model
 from .flops import count_flops
 
 # %% auto #0
-__all__ = ['CIFAR_RESNET_L2', 'CIFAR_DENSENET_L2', 'IMAGENET_L2', 'BN_EPS_DENSENET', 'single_stream_spec',
+__all__ = ['CIFAR_RESNET_L2', 'CIFAR_DENSENET_L2', 'IMAGENET_L2', 'BN_EPS_DENSENET', 'WRN_L2', 'single_stream_spec',
            'modules_outside_attention', 'L2Recipe', 'authors_l2', 'Stage', 'CifarBasicBlock', 'ResNetCifar',
            'resnet_cifar', 'DenseLayer', 'DenseNetCifar', 'densenet_cifar', 'Bottleneck', 'ResNetImageNet', 'resnet50',
-           'AttentiveBasicBlock', 'AttentiveBottleneck', 'add_attention', 'architecture_table', 'count_macs']
+           'AttentiveBasicBlock', 'AttentiveBottleneck', 'add_attention', 'WideBasicBlock', 'WideResNetCifar',
+           'wide_resnet_cifar', 'architecture_table', 'count_macs']
 
 # %% ../nbs/04_models.ipynb #802ab79f
 def single_stream_spec(attention: str | Spec, # the spec to parse
@@ -185,7 +186,9 @@ class ResNetCifar(nn.Module):
                 Stage("fc", (self.fc,), 1, "dense")]
 
 @register_model("resnet{depth}-cifar", forms="resnet<6n+2>-cifar for other depths",
-                listed=("resnet20-cifar", "resnet32-cifar", "resnet44-cifar", "resnet50-cifar", "resnet56-cifar", "resnet110-cifar"))
+                listed=("resnet20-cifar", "resnet32-cifar", "resnet44-cifar", "resnet50-cifar", "resnet56-cifar", "resnet110-cifar"),
+                doc="CIFAR ResNet v1 of depth {depth} (6n+2; 16/32/64 channels), attention on every residual branch "
+                    "(depth 50: the paper's 'ResNet50').", paper=(("resnet50-cifar", "ResNet50"),))
 def resnet_cifar(depth: int = 50, # 6n+2 (50: the paper's 'ResNet50')
                  num_classes: int = 10, # outputs of the classifier
                  attention: str | Spec = "standard", # attention spec: 'standard', 'se', 'se-ign3', 'cbam-ign1(0.8)', ... (not MMTM)
@@ -278,7 +281,9 @@ class DenseNetCifar(nn.Module):
         return rows + [Stage("head", (f.norm, f.relu, self.pool), 1, "BN, ReLU, global average pool"),
                        Stage("fc", (self.fc,), 1, "dense")]
 
-@register_model("densenet{depth}-cifar", listed=("densenet40-cifar",), forms="densenet<3L+4>-cifar")
+@register_model("densenet{depth}-cifar", listed=("densenet40-cifar",), forms="densenet<3L+4>-cifar",
+                doc="The authors' CIFAR DenseNet-{depth} (growth 12, bottleneck), attention after every block and transition.",
+                paper=(("densenet40-cifar", "DenseNet"),))
 def densenet_cifar(depth: int = 40, # 3L+4 (the authors': 40)
                    growth_rate: int = 12, # k (the authors': 12)
                    bottleneck: bool = True, # bottleneck dense layers
@@ -359,7 +364,8 @@ class ResNetImageNet(nn.Module):
             rows.append(Stage(f"layer{i}", (layer,), len(layer), f"bottlenecks [1x1, 3x3, 1x1]{first} + projection", w))
         return rows + [Stage("avgpool", (self.avgpool,), 1, "global average pool"), Stage("fc", (self.fc,), 1, "dense")]
 
-@register_model("resnet50")
+@register_model("resnet50", num_classes=1000, input_size=224, paper=(("resnet50", "ResNet50"),),
+                doc="ImageNet ResNet-50 (torchvision's names) with attention in every bottleneck, after bn3.")
 def resnet50(num_classes: int = 1000, # outputs of the classifier (ImageNet: 1000)
              attention: str | Spec = "standard", # attention spec: 'standard', 'se', 'se-ign3', 'cbam-ign1(0.8)', ... (not MMTM)
              **kwargs, # options of `ResNetImageNet`: attention_reduction, attention_init, in_channels
@@ -406,6 +412,95 @@ def add_attention(model: nn.Module, # a torchvision ResNet (resnet18 ... resnet1
         block.attention = attention.to(device=bn.weight.device, dtype=bn.weight.dtype)
         block.__class__ = cls
     return model
+
+# %% ../nbs/04_models.ipynb #6a75136c
+class WideBasicBlock(nn.Module):
+    "Pre-activation wide basic block: BN-ReLU-conv3x3, BN-ReLU-dropout-conv3x3, attention on that branch, add the shortcut."
+    where = "residual branch, after conv2, before the addition"
+
+    def __init__(self, cin: int, # input channels
+                 cout: int, # output channels
+                 stride: int, # stride of the first conv (2 halves the map)
+                 spec: Spec, # the parsed attention spec
+                 reduction: int = 8, # attention MLP reduction r
+                 dropout: float = 0.0, # dropout between the convs (the WRN paper: 0.3 on CIFAR; 0: none)
+                 attention_init: str = "authors", # 'authors' or 'torch', as for the other backbones
+                ):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), _conv3x3(cin, cout, stride)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout), _conv3x3(cout, cout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.attention = make_attention(spec, cout, reduction=reduction, init=attention_init)
+        self.relu = nn.ReLU()
+        self.projects = stride != 1 or cin != cout
+        # the WRN reference code projects the pre-activated input: BN and ReLU serve both paths
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False) if self.projects else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.relu(self.bn1(x))
+        out = self.conv2(self.dropout(self.relu(self.bn2(self.conv1(a)))))
+        return self.attention(out) + self.shortcut(a if self.projects else x)
+
+# %% ../nbs/04_models.ipynb #2234d768
+WRN_L2 = L2Recipe(0.0, 0.0, 0.0, 1e-4, "not the authors' model: no per-layer L2 (the WRN paper decays every weight by "
+                  "5e-4); the attention blocks keep the authors' 1e-4")
+
+class WideResNetCifar(nn.Module):
+    "Wide ResNet WRN-d-k for CIFAR: 3x3 stem (16), three stages of (d-4)/6 wide blocks (16k/32k/64k), BN-ReLU, GAP, dense."
+    def __init__(self, depth: int = 16, # 6n+4: 10, 16, 22, 28, 40, ...
+                 width: int = 4, # widening factor k
+                 num_classes: int = 10, # outputs of the classifier
+                 attention: str | Spec = "standard", # attention spec: 'standard', 'se', 'se-ign3', 'cbam-ign1(0.8)', ... (not MMTM)
+                 attention_reduction: int = 8, # reduction r of the attention MLP
+                 dropout: float = 0.0, # dropout inside each block
+                 in_channels: int = 3, # input image channels
+                 attention_init: str = "authors", # 'authors' (the authors' initialisation of the attention blocks) or 'torch'
+                ):
+        super().__init__()
+        if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
+            raise ValueError(f"Wide ResNet depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth!r}")
+        if not isinstance(width, int) or width < 1:
+            raise ValueError(f"Wide ResNet width (the widening factor k) must be a positive integer, got {width!r}")
+        _check_classes(num_classes)
+        n = (depth - 4) // 6
+        self.depth, self.width, self.spec = depth, width, single_stream_spec(attention, f"wrn{depth}-{width}-cifar")
+        self.stem = _conv3x3(in_channels, 16)
+        cin, stages = 16, []
+        for i, w in enumerate((16 * width, 32 * width, 64 * width)):
+            blocks = [WideBasicBlock(cin if b == 0 else w, w, 2 if (i > 0 and b == 0) else 1, self.spec,
+                                     attention_reduction, dropout, attention_init) for b in range(n)]
+            stages.append(nn.Sequential(*blocks)); cin = w
+        self.layer1, self.layer2, self.layer3 = stages
+        self.bn, self.relu = nn.BatchNorm2d(cin), nn.ReLU()
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(cin, num_classes)
+        self.l2_recipe = WRN_L2
+        _init_backbone_(self, conv_mode="fan_out", linear="torch")   # the WRN code: He normal over fan-out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn(self.layer3(self.layer2(self.layer1(self.stem(x))))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+    def stages(self) -> list[Stage]:
+        "The rows of this model's architecture table."
+        n, w, k = len(self.layer1), WideBasicBlock.where, self.width
+        row = lambda i, c, first: Stage(f"stage{i}", (getattr(self, f"layer{i}"),), n,
+                                        f"wide blocks [BN-ReLU-3x3, BN-ReLU-3x3] of {c} channels{first}", w)
+        return [Stage("stem", (self.stem,), 1, "3x3 conv"), row(1, 16 * k, " + 1x1 projection"),
+                row(2, 32 * k, ", first stride 2 + 1x1 projection"), row(3, 64 * k, ", first stride 2 + 1x1 projection"),
+                Stage("head", (self.bn, self.relu, self.pool), 1, "BN, ReLU, global average pool"),
+                Stage("fc", (self.fc,), 1, "dense")]
+
+@register_model("wrn{depth}-{width}-cifar", listed=("wrn16-4-cifar",), forms="wrn<6n+4>-<k>-cifar",
+                doc="Wide ResNet {depth}-{width} for CIFAR (pre-activation, widths 16k/32k/64k; not in the paper), "
+                    "attention on every residual branch.")
+def wide_resnet_cifar(depth: int = 16, # 6n+4
+                      width: int = 4, # widening factor k
+                      num_classes: int = 10, # outputs of the classifier
+                      attention: str | Spec = "standard", # attention spec (not MMTM)
+                      **kwargs, # options of `WideResNetCifar`: dropout, attention_reduction, attention_init, in_channels
+                     ) -> WideResNetCifar:
+    "The CIFAR Wide ResNet WRN-depth-width with `attention` on every residual branch (WRN-16-4: 2.7 M parameters)."
+    return WideResNetCifar(depth, width, num_classes, attention, **kwargs)
 
 # %% ../nbs/04_models.ipynb #c9a4d38a
 def architecture_table(model: nn.Module, # a model of this module (it has `stages()`)

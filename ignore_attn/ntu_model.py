@@ -286,7 +286,10 @@ class MMTMFusionNet(nn.Module):
         return (F.cross_entropy(rgb_logits, labels) + F.cross_entropy(skeleton_logits, labels)) / 2
 
 # %% ../nbs/08_ntu_model.ipynb #f95d3346
-@register_model("mmtm-fusion", kind="ntu")
+@register_model("mmtm-fusion", kind="ntu", num_classes=60, input_size=224, attention="mmtm-ign3",
+                paper=(("mmtm-fusion", "MMTM(RGB+skeleton)"),),
+                doc="NTU RGB+D two-stream model (per-frame ResNet-50 + HCN) fused by MMTM; input (rgb, skeleton). "
+                    "Pass frames_skel= to match the skeleton frames the weights were trained with.")
 def mmtm_fusion(num_classes: int = 60, # action classes (NTU RGB+D 60: 60)
                 attention: str | Spec = "mmtm", # an MMTM spec, or 'standard' for late fusion only
                 **kwargs, # options of `MMTMFusionNet`, e.g. frames_skel=32
@@ -295,7 +298,8 @@ def mmtm_fusion(num_classes: int = 60, # action classes (NTU RGB+D 60: 60)
     _check_classes(num_classes)
     return MMTMFusionNet(num_classes, attention, **kwargs)
 
-@register_model("mmtm-fusion-tiny", kind="ntu")
+@register_model("mmtm-fusion-tiny", kind="ntu", num_classes=60, input_size=224, attention="mmtm-ign3",
+                doc="The NTU two-stream model at 1/16 width (CPU tests); input (rgb, skeleton).")
 def mmtm_fusion_tiny(num_classes: int = 60, # action classes
                      attention: str | Spec = "mmtm", # an MMTM spec or 'standard'
                      **kwargs, # other options of `MMTMFusionNet.tiny`
@@ -445,7 +449,8 @@ def _stream_builder(stream: str, tiny: bool):
 
 for _stream in STREAMS:
     for _tiny in (False, True):
-        register_model(f"ntu-{_stream}{'-tiny' if _tiny else ''}", kind="ntu")(_stream_builder(_stream, _tiny))
+        register_model(f"ntu-{_stream}{'-tiny' if _tiny else ''}", kind="ntu", num_classes=60, input_size=224,
+                       attention="standard")(_stream_builder(_stream, _tiny))
 
 # %% ../nbs/08_ntu_model.ipynb #d102a8a0
 FINETUNE_RECIPE = dict(

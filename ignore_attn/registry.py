@@ -15,7 +15,7 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['MODEL_KINDS', 'MODELS', 'register_model', 'SAFETENSORS_HINT', 'Entry', 'Registry', 'get_model', 'list_models',
-           'is_ntu_model', 'read_state_dict', 'load_weights']
+           'model_entries', 'paper_models', 'is_ntu_model', 'read_state_dict', 'load_weights']
 
 # %% ../nbs/03_registry.ipynb #639ca52b
 _FIELD = re.compile(r"\{(\w+)\}")
@@ -35,6 +35,16 @@ class Entry:
     kind: str                    # what the model takes: 'image' batches or 'ntu' (rgb, skeleton) pairs
     listed: tuple[str, ...]      # the names `list_models` shows for this entry
     forms: str = ""              # other names the pattern takes, in words (for error messages)
+    doc: str = ""                # one line for users (torch.hub's help); `{field}` is filled in per listed name
+    num_classes: int = 10        # the classifier's outputs a user gets by default (CIFAR-10: 10, ImageNet: 1000)
+    attention: str = "se-ign3"   # the attention spec a user gets by default (torch.hub)
+    input_size: int = 32         # the side of the images (or frames) the model is meant for
+    paper: tuple[tuple[str, str], ...] = ()  # (listed name, the paper's name for it), for models in the paper's tables
+
+    def describe(self, name: str, # one of this entry's names
+                ) -> str: # `doc` with the name's fields filled in
+        "The entry's one-line description for model `name`."
+        return self.doc.format(**(self.match(name) or {}))
 
     def match(self, name: str, # a model name, lower case
              ) -> dict | None: # {field: int} when it matches, else None
@@ -59,6 +69,7 @@ class Registry:
                  kind: str = "image", # what the model takes (one of `self.kinds`)
                  listed: tuple[str, ...] | None = None, # names to list (default: the name itself; a pattern must give them)
                  forms: str = "", # for a pattern: the other names it takes, in words
+                 **info, # what users and tools read from the registration: doc, num_classes, input_size, paper (see `Entry`)
                 ) -> Callable:
         "A decorator registering the builder it wraps under `pattern` (registering a pattern again replaces it)."
         if kind not in self.kinds:
@@ -68,7 +79,8 @@ class Registry:
         if listed is None and has_fields:
             raise ValueError(f"pattern {pattern!r} has fields: pass listed=(...) with the names list_{self.what}s shows")
         def decorate(build: Callable) -> Callable:
-            self.entries[key] = Entry(key, build, kind, tuple(listed if listed is not None else (key,)), forms)
+            info.setdefault("doc", (build.__doc__ or "").strip())
+            self.entries[key] = Entry(key, build, kind, tuple(listed if listed is not None else (key,)), forms, **info)
             return build
         return decorate
 
@@ -85,6 +97,11 @@ class Registry:
         if kind != "all" and kind not in self.kinds:
             raise ValueError(f"kind={kind!r} is not valid; choose one of {', '.join(map(repr, self.kinds + ('all',)))}")
         return [n for k in self.kinds if kind in ("all", k) for e in self.entries.values() if e.kind == k for n in e.listed]
+
+    def listed(self, kind: str = "all", # one of `self.kinds`, or 'all'
+              ) -> dict[str, Entry]: # {listed name: its entry}
+        "Every listed name of `kind` with the entry that builds it (torch.hub's entry points and the tests read this)."
+        return {n: self.lookup(n)[0] for n in self.names(kind)}
 
     def lookup(self, name: str, # a name (case and surrounding spaces do not matter)
               ) -> tuple[Entry, dict]: # (entry, {field: int})
@@ -121,6 +138,17 @@ def list_models(kind: str = "image", # 'image' (one image batch in), 'ntu' ((rgb
                ) -> list[str]: # the names, in registration order
     "Names `get_model` knows (a pattern entry such as resnet<6n+2>-cifar takes other depths too)."
     return MODELS.names(kind)
+
+def model_entries(kind: str = "all", # 'image', 'ntu' or 'all'
+                 ) -> dict[str, Entry]: # {listed name: its registration}
+    "Each listed model name with its registration (builder, description, default classes, input size, the paper's name)."
+    return MODELS.listed(kind)
+
+def paper_models(kind: str = "image", # 'image', 'ntu' or 'all'
+                ) -> dict[str, str]: # {model name: the paper's name for it}
+    "The models the paper's tables report, with the names the paper gives them (e.g. resnet50-cifar: ResNet50)."
+    names = MODELS.names(kind)   # loads the built-in modules first
+    return {n: label for e in MODELS.entries.values() for n, label in e.paper if n in names}
 
 def is_ntu_model(name: str, # any value; non-strings and unknown names give False
                 ) -> bool:

@@ -205,26 +205,26 @@ def check_forward_backward(block: nn.Module, inputs: tuple[torch.Tensor, ...], d
         assert t.grad is not None and torch.isfinite(t.grad).all()
 
 @settings(max_examples=25, deadline=None)
-@given(flip=st.integers(0, 8), n=st.integers(1, 4), r=st.sampled_from([1, 2, 4, 8, 16]), mult=st.integers(1, 3),
-       spatial=st.lists(st.integers(1, 5), min_size=1, max_size=3), dtype=FLOAT_DTYPES)
-def test_se_properties(flip, n, r, mult, spatial, dtype):
-    block = SE(r * mult, r, spec=all_specs("se", extras=True, controls=True)[flip], init="torch").to(dtype)
+@given(spec=st.sampled_from(all_specs("se", extras=True, controls=True)), n=st.integers(1, 4),
+       r=st.sampled_from([1, 2, 4, 8, 16]), mult=st.integers(1, 3), spatial=st.lists(st.integers(1, 5), min_size=1, max_size=3), dtype=FLOAT_DTYPES)
+def test_se_properties(spec, n, r, mult, spatial, dtype):
+    block = SE(r * mult, r, spec=spec, init="torch").to(dtype)
     check_forward_backward(block, (torch.randn(n, r * mult, *spatial, dtype=dtype, requires_grad=True),), dtype)
 
 @settings(max_examples=25, deadline=None)
-@given(flip=st.integers(0, 8), n=st.integers(1, 4), r=st.sampled_from([1, 2, 4, 8]), mult=st.integers(1, 3),
-       h=st.integers(1, 8), w=st.integers(1, 8), k=st.sampled_from([1, 3, 7]), dtype=FLOAT_DTYPES)
-def test_cbam_properties(flip, n, r, mult, h, w, k, dtype):
-    block = CBAM(r * mult, r, kernel_size=k, spec=all_specs("cbam", extras=True, controls=True)[flip], init="torch").to(dtype)
+@given(spec=st.sampled_from(all_specs("cbam", extras=True, controls=True)), n=st.integers(1, 4),
+       r=st.sampled_from([1, 2, 4, 8]), mult=st.integers(1, 3), h=st.integers(1, 8), w=st.integers(1, 8), k=st.sampled_from([1, 3, 7]), dtype=FLOAT_DTYPES)
+def test_cbam_properties(spec, n, r, mult, h, w, k, dtype):
+    block = CBAM(r * mult, r, kernel_size=k, spec=spec, init="torch").to(dtype)
     check_forward_backward(block, (torch.randn(n, r * mult, h, w, dtype=dtype, requires_grad=True),), dtype)
 
 @settings(max_examples=25, deadline=None)
-@given(flip=st.integers(0, 7), n=st.integers(1, 4), dim_a=st.integers(1, 32), dim_b=st.integers(1, 32),
+@given(spec=st.sampled_from(all_specs("mmtm", extras=True)), n=st.integers(1, 4), dim_a=st.integers(1, 32), dim_b=st.integers(1, 32),
        ratio=st.sampled_from([1, 2, 4, 8]), axes_a=st.lists(st.integers(1, 4), max_size=3),
        axes_b=st.lists(st.integers(1, 4), max_size=3), dtype=FLOAT_DTYPES)
-def test_mmtm_properties(flip, n, dim_a, dim_b, ratio, axes_a, axes_b, dtype):
+def test_mmtm_properties(spec, n, dim_a, dim_b, ratio, axes_a, axes_b, dtype):
     ratio = min(ratio, 2 * (dim_a + dim_b))
-    block = MMTM(dim_a, dim_b, ratio, spec=all_specs("mmtm", extras=True)[flip], init="torch").to(dtype)
+    block = MMTM(dim_a, dim_b, ratio, spec=spec, init="torch").to(dtype)
     inputs = (torch.randn(n, dim_a, *axes_a, dtype=dtype, requires_grad=True),
               torch.randn(n, dim_b, *axes_b, dtype=dtype, requires_grad=True))
     check_forward_backward(block, inputs, dtype)

@@ -8,6 +8,7 @@ import torch
 
 from ignore_attn.attention import count_attention
 from ignore_attn.models import get_model
+from ignore_attn.registry import model_entries
 
 REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)  # the suite shares a small machine
@@ -76,22 +77,42 @@ def test_weights_for_another_model_are_refused(weights):
         load("resnet50_cifar", weights=str(d / "absent.pt"))
 
 
-def test_every_entry_builds_its_model():
+def _hubconf():
     spec = importlib.util.spec_from_file_location("hubconf_under_test", REPO / "hubconf.py")
     hub = importlib.util.module_from_spec(spec); spec.loader.exec_module(hub)
-    entries = sorted(n for n in dir(hub) if callable(getattr(hub, n)) and not n.startswith("_"))   # torch.hub.list's rule
-    expected = {"resnet20_cifar": 9, "resnet32_cifar": 15, "resnet44_cifar": 21, "resnet50_cifar": 24,
+    return hub
+
+
+# Attention blocks of some entries with their default attention, counted by hand from the architectures.
+KNOWN_BLOCKS = {"resnet20_cifar": 9, "resnet32_cifar": 15, "resnet44_cifar": 21, "resnet50_cifar": 24,
                 "resnet56_cifar": 27, "resnet110_cifar": 54, "densenet40_cifar": 5, "resnet50": 16,
-                "mmtm_fusion": 3, "mmtm_fusion_tiny": 3}
-    assert entries == sorted([*expected, "from_export"])
+                "wrn16_4_cifar": 6, "mmtm_fusion": 3, "mmtm_fusion_tiny": 3, "ntu_rgb": 0, "ntu_skeleton": 0}
+
+
+def test_every_registered_model_is_an_entry_point(monkeypatch):
+    "The entry points are the registry's names (a backbone registered in its notebook needs no edit of hubconf.py)."
+    hub = _hubconf()
+    entries = sorted(n for n in dir(hub) if callable(getattr(hub, n)) and not n.startswith("_"))   # torch.hub.list's rule
+    registered = {n.replace("-", "_"): e for n, e in model_entries("all").items()}
+    assert entries == sorted([*registered, "from_export"])
+    assert set(KNOWN_BLOCKS) <= set(entries)
     assert hub.dependencies == ["torch", "torchvision"]
+    # torch.hub.list reads a GitHub repository: point its download step at this checkout, the rest runs as for a user
+    monkeypatch.setattr(torch.hub, "_get_cache_or_reload", lambda *a, **k: str(REPO))
+    assert sorted(torch.hub.list("ignore-attn/ignore-attn")) == entries and "wrn16_4_cifar" in entries
+
+
+def test_every_entry_builds_its_model_with_the_registered_defaults():
+    hub = _hubconf()
     with torch.device("meta"):
-        for name, blocks in expected.items():
-            m = getattr(hub, name)()
-            assert count_attention(m) == blocks, name
-            assert getattr(hub, name).__doc__ and "weights:" in getattr(hub, name).__doc__
-    with torch.device("meta"):
+        for name, e in model_entries("all").items():
+            fn = getattr(hub, name.replace("-", "_"))
+            assert fn.__doc__.startswith(e.describe(name)) and "weights:" in fn.__doc__, name
+            m = fn()
+            assert count_attention(m) == count_attention(get_model(name, e.num_classes, e.attention)), name
+            if fn.__name__ in KNOWN_BLOCKS: assert count_attention(m) == KNOWN_BLOCKS[fn.__name__], name
         assert getattr(hub, "resnet50")(attention="cbam-ign1(0.5)", num_classes=7).fc.out_features == 7
+        assert getattr(hub, "wrn16_4_cifar")(num_classes=100).fc.out_features == 100
 
 
 def test_hub_needs_only_torch_and_torchvision(weights, tmp_path):
