@@ -6,24 +6,30 @@ traceback, and the suite goes on with the next):
 
   correctness_notebooks  the `#| gpu` cells of the notebooks that have them, run the way `nbdev_test --flags gpu` runs
                          them (started first, in the background: it checks, it does not time)
-  prepare                the CIFAR-10 JPEG pack unpacked into /tmp (reused when there) and decoded once into the cache
+  prepare                the CIFAR-10 JPEG pack decoded from the npz's bytes (no 60,000 files) into CIFAR pickles in
+                         /tmp (reused when there), which every later stage reads
   correctness_fastpaths  CUDA graphs, bf16 + channels-last and torch.compile against eager float32: loss and weights
-                         after 5 SGD steps on one fixed batch, within stated tolerances
+                         after 5 SGD steps on one fixed batch, within stated tolerances (each group of checks in its
+                         own process: a failed capture cannot spoil the next)
   throughput             images/s of the training step at batch 128: the plain PyTorch loop, the trainer's eager fp32,
                          bf16 + channels-last, CUDA graphs, torch.compile (alone and inside the graphs); ratios to
-                         the plain loop of the same run
+                         the plain loop of the same run. Each path in its own process, the compile paths last
   packed                 aggregate images/s of 1, 2, 4, 8 runs packed on the GPU (separate processes, as
-                         `--runs-per-gpu` does) on the trainer's fastest path
-  table1                 Table 1's first cell (CIFAR-10, ResNet50, standard / se / se-ign3, seed 0) with the paper's
-                         schedule scaled to the epochs the remaining time allows (said plainly in the record)
+                         `--runs-per-gpu` does) on CUDA graphs (never 8 compiles at once)
+  table1                 (only when --stages names it) Table 1's first cell (CIFAR-10, ResNet50, standard / se /
+                         se-ign3, seed 0) with the paper's schedule scaled to the epochs the remaining time allows
 
-A real run writes benchmarks/results/<date>-<gpu-name>.jsonl; `--dry-run` runs every stage on the CPU at toy sizes
-(a synthetic JPEG pack, resnet8-cifar, a few steps) into `--out` or a temp folder, never into benchmarks/results.
+Every record is one JSON line appended (and so flushed) as soon as it is known, into --out: on the lent machine that
+is $OUT, so what was measured comes back even if the call is stopped; stage logs are written live into --logs.
+A real run without --out writes benchmarks/results/<date>-<gpu-name>.jsonl; `--dry-run` runs every stage on the CPU
+at toy sizes (a synthetic JPEG pack, resnet8-cifar, a few steps) into `--out` or a temp folder, never into
+benchmarks/results.
 
 examples:
     python benchmarks/device_suite.py --dry-run --out /tmp/suite-dry          # CPU, about half a minute
     python benchmarks/device_suite.py --dry-run --fail-stage throughput       # a failing stage does not stop the rest
-    python benchmarks/device_suite.py --budget 480                            # on the GPU (benchmarks/run_device.sh)
+    python benchmarks/device_suite.py --dry-run --fail-path eager_fp32:segv   # nor does a path that crashes
+    python benchmarks/device_suite.py --budget 400 --out "$OUT" --logs "$OUT/logs"   # the GPU (run_device.sh)
 """
 from __future__ import annotations
 import argparse, datetime as _dt, fcntl, io, json, math, os, platform, re, signal, socket, subprocess, sys, tempfile
@@ -36,12 +42,17 @@ os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-SUITE_VERSION = 1
+SUITE_VERSION = 2
 STAGES = ("correctness_notebooks", "prepare", "correctness_fastpaths", "throughput", "packed", "table1")
+# The first GPU run leaves table1 out (one epoch tells nothing): its time is margin until the throughput figures
+# say how many epochs fit.
+DEFAULT_STAGES = STAGES[:-1]
 # Seconds per stage on the GPU; table1 gets what is left of the budget. The notebooks run beside prepare and
 # correctness_fastpaths, so the caps add up to the budget only without them.
-CAPS = {"correctness_notebooks": 150, "prepare": 45, "correctness_fastpaths": 110, "throughput": 150, "packed": 100,
+CAPS = {"correctness_notebooks": 150, "prepare": 30, "correctness_fastpaths": 90, "throughput": 170, "packed": 100,
         "table1": 300}
+PATH_CAP = 45           # seconds for one non-compile throughput path (process start, CUDA, warm-up, capture, timing)
+FAIL_MODES = ("raise", "exit", "segv")   # --fail-path PATH:MODE, how an injected path failure ends its process
 DRY_CAPS = {k: 60 for k in STAGES}
 MIN_S = {"table1": 45}                    # below this a stage is skipped as out of budget
 THROUGHPUT_MODELS = (("resnet50-cifar", "se-ign3"), ("resnet50-cifar", "cbam-ign1(0.5)"), ("densenet40-cifar", "se"))
@@ -139,14 +150,36 @@ class StageFailed(Exception):
     "A stage that ran to its end but whose checks did not pass (its record says which)."
 
 
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when its parent ends (Linux): a suite killed outright (the device call
+    stopped) must not leave stage or measurement processes running, or writing, behind it."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError): pass
+    if os.getppid() != parent: os._exit(1)   # the parent ended before the line above
+
+
+_RUNNING: dict[str, dict] = {}   # stage processes now running (their process groups are stopped on SIGTERM)
+
+
+class Stopped(BaseException):
+    "SIGTERM or SIGINT reached the suite (run_device.sh's timeout): stop the stages, write what is known, exit."
+
+
+def _stop(signum, frame):
+    raise Stopped(signal.Signals(signum).name)
+
+
 def run_stage(name: str, ctx: dict, rec: Records, cap: float, background: bool = False):
     "Fork a child (own process group) that runs stage `name`; return it, or wait for it and record the outcome."
     import multiprocessing as mp
     log = Path(ctx["log_dir"]) / f"{name}.log"
-    proc = mp.get_context("fork").Process(target=_stage_child, args=(name, ctx, rec, str(log)), name=name)
+    proc = mp.get_context("fork").Process(target=_stage_child, args=(name, ctx, rec, str(log), os.getpid()), name=name)
     t0 = time.time()
     proc.start()
     job = {"name": name, "proc": proc, "t0": t0, "cap": cap, "log": log}
+    _RUNNING[name] = job
     return job if background else finish_stage(job, rec)
 
 
@@ -154,6 +187,7 @@ def finish_stage(job: dict, rec: Records) -> str:
     "Wait for a stage child up to its cap (kill its process group past it); write the stage record unless it did."
     proc, name = job["proc"], job["name"]
     proc.join(max(0.0, job["cap"] - (time.time() - job["t0"])))
+    _RUNNING.pop(name, None)
     timed_out = proc.is_alive()
     if timed_out:
         try: os.killpg(proc.pid, signal.SIGKILL)   # the stage and what it started (workers, packed runs)
@@ -176,9 +210,11 @@ def _tail(path: Path, n: int = 60) -> str:
     except OSError: return "(no log)"
 
 
-def _stage_child(name: str, ctx: dict, rec: Records, log: str) -> None:
+def _stage_child(name: str, ctx: dict, rec: Records, log: str, parent: int) -> None:
     "Body of a stage process: own process group, output to the stage log, run, write the stage record."
     os.setpgid(0, 0)
+    _die_with_parent(parent)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL); signal.signal(signal.SIGINT, signal.SIG_DFL)   # the parent stops us
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1); os.dup2(fd, 2)
     sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", 0), write_through=True)
@@ -216,6 +252,50 @@ def _device(ctx: dict):
         return torch.device("cpu")
     if not torch.cuda.is_available(): raise RuntimeError("no CUDA device here; run with --dry-run on a CPU")
     return torch.device("cuda", 0)
+
+
+def run_isolated(what: str, body, cap: float, rec: Records, **fields) -> dict:
+    """Run `body()` in a forked child (it writes its own result record, with `fields`); wait up to `cap` seconds.
+    A child that raised, crashed (a signal, os._exit) or ran past its cap gets an error record here instead. This
+    process never touches CUDA, so one broken CUDA context (a failed capture, an assert in empty_cache) dies with its
+    child and the next measurement starts clean."""
+    import multiprocessing as mp
+    before, parent = len(rec.read()), os.getpid()
+    def child():
+        _die_with_parent(parent)
+        try: body()
+        except BaseException as e:
+            traceback.print_exc()
+            rec.write("result", **fields, status="error", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        sys.stdout.flush(); sys.stderr.flush()
+        os._exit(0)
+    t0 = time.time()
+    proc = mp.get_context("fork").Process(target=child, name=what)
+    proc.start()
+    proc.join(max(1.0, cap))
+    if proc.is_alive():   # its DataLoader workers see their parent gone and stop by themselves
+        proc.kill(); proc.join(10)
+        why = f"{what} ran past its cap of {cap:.0f} s and was stopped"
+    else:
+        why = None if proc.exitcode == 0 else (
+            f"{what} died of signal {-proc.exitcode} ({signal.Signals(-proc.exitcode).name})" if proc.exitcode < 0
+            else f"{what} exited with code {proc.exitcode}")
+    mine = [r for r in rec.read()[before:] if r["record"] == "result" and all(r.get(k) == v for k, v in fields.items())]
+    if mine and why is None: return mine[-1]
+    why = why or f"{what} ended without a record"
+    return rec.write("result", **fields, status="timeout" if "past its cap" in why else "error", error=why,
+                     time_s=time.time() - t0, traceback=f"{why}; see the stage log for its output")
+
+
+def _injected_failure(ctx: dict, model: tuple[str, str], path: str) -> None:
+    "--fail-path PATH:MODE: make the first model's PATH process raise, exit or crash (the later paths must still report)."
+    spec = ctx.get("fail_path") or ""
+    name, _, mode = spec.partition(":")
+    if name != path or tuple(model) != tuple(ctx["models"][0]): return
+    print(f"injected failure of path {path}: {mode}", flush=True)
+    if mode == "exit": os._exit(3)
+    if mode == "segv": os.kill(os.getpid(), signal.SIGSEGV)
+    raise RuntimeError(f"injected failure: --fail-path {spec}")
 
 
 # ----------------------------------------------------------------------------------------------- stage: notebooks
@@ -335,7 +415,7 @@ def stage_correctness_notebooks(ctx: dict, rec: Records) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- stage: prepare
-def synthetic_pack(path: Path, n_train: int = 24, n_test: int = 8, size: int = 16, seed: int = 0) -> Path:
+def synthetic_pack(path: Path, n_train: int = 24, n_test: int = 8, size: int = 32, seed: int = 0) -> Path:
     "A pack in the cifar10-jpg.npz format (jpeg bytes, offsets, paths) of random 32x32 JPEGs, per class (dry run)."
     import numpy as np
     from PIL import Image
@@ -352,46 +432,53 @@ def synthetic_pack(path: Path, n_train: int = 24, n_test: int = 8, size: int = 1
     return path
 
 
-def _unpack_fallback(npz: Path, out: Path) -> None:
-    "The pack format unpacked here when no unpack tool is at hand (same arrays as the shared tool reads)."
+def decode_pack(pack: Path) -> dict:
+    "The cifar10-jpg.npz pack decoded from its bytes: {'classes', 'train': (uint8 (N, 32, 32, 3), labels), 'test': ...}."
     import numpy as np
-    z = np.load(npz)
-    for i, p in enumerate(z["paths"]):
-        f = out / p.decode(); f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_bytes(z["jpeg"][z["offsets"][i]:z["offsets"][i + 1]].tobytes())
+    from PIL import Image
+    z = np.load(pack)
+    jpeg, offsets, paths = z["jpeg"], z["offsets"], [p.decode() for p in z["paths"]]   # paths: part/class/file.jpg
+    classes = sorted({p.split("/")[1] for p in paths})
+    out = {"classes": classes}
+    for part in ("train", "test"):
+        idx = sorted((i for i, p in enumerate(paths) if p.split("/")[0] == part), key=paths.__getitem__)
+        if not idx: raise ValueError(f"{pack} holds no {part}/ images; is it the CIFAR-10 JPEG pack?")
+        images = np.stack([np.asarray(Image.open(io.BytesIO(jpeg[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
+                           for i in idx])
+        out[part] = (images, np.array([classes.index(paths[i].split("/")[1]) for i in idx], dtype=np.int64))
+    return out
 
 
-def unpack(pack: Path, tool: Path | None, root: Path) -> dict:
-    "Unpack `pack` into `root` with the unpack tool (into a temp sibling, then renamed); reuse `root` when it is there."
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        return {"data_root": str(root), "unpacked": False, "note": "reused the folder already there"}
+def prepare_cifar(pack: Path, root: Path) -> dict:
+    "The pack as torchvision-format CIFAR-10 pickles under `root` (written once, beside and renamed; reused when there)."
+    from ignore_attn.data import CIFAR_FILES, cifar_folder, write_cifar
+    if (cifar_folder(root, "cifar10") / CIFAR_FILES["cifar10"]["meta"]).is_file():
+        return {"data_root": str(root), "decoded": False, "note": "reused the pickles already there"}
     if not pack.is_file():
         raise FileNotFoundError(f"CIFAR-10 pack {pack} not found; carry it (benchmarks/prepare_carry.sh copies it to "
                                 ".carry/cifar10-jpg.npz) or pass --pack PATH")
-    tmp = root.with_name(f".{root.name}.part{os.getpid()}")
     t0 = time.time()
-    if tool is not None and tool.is_file():
-        r = subprocess.run([sys.executable, str(tool), str(pack), str(tmp)], capture_output=True, text=True, timeout=600)
-        if r.returncode: raise RuntimeError(f"unpack tool {tool} failed ({r.returncode}): {r.stderr[-2000:]}")
-        how = f"{tool.name}: {r.stdout.strip()}"
-    else:
-        _unpack_fallback(pack, tmp); how = f"built-in unpacker (no tool at {tool})"
+    d = decode_pack(pack)
+    tmp = root.with_name(f".{root.name}.part{os.getpid()}")
+    write_cifar(tmp, "cifar10", d["train"], d["test"], d["classes"])
+    root.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, root)
-    return {"data_root": str(root), "unpacked": True, "unpack_s": time.time() - t0, "how": how}
+    return {"data_root": str(root), "decoded": True, "decode_s": time.time() - t0,
+            "how": f"decoded from the bytes of {pack.name}, written as CIFAR-10 pickles"}
 
 
 def stage_prepare(ctx: dict, rec: Records) -> dict:
-    "Unpack the JPEG pack (or reuse it), then decode train and test once into the cache every later stage reads."
+    "Decode the JPEG pack into CIFAR pickles (or reuse them), then build the data once as every later stage will."
     from ignore_attn.data import DataConfig, build_data
     root = Path(ctx["data_root"])
     pack = Path(ctx["pack"])
     if ctx["dry_run"] and not pack.exists(): synthetic_pack(pack)
-    info = unpack(pack, Path(ctx["unpack_tool"]) if ctx["unpack_tool"] else None, root)
-    n = {p: sum(1 for _ in (root / p).rglob("*.jpg")) for p in ("train", "test")}
+    info = prepare_cifar(pack, root)
     t0 = time.time()
-    data = build_data(DataConfig(dataset="imagefolder", data_dir=str(root), val_size=ctx["val_size"], resident="yes"),
+    data = build_data(DataConfig(dataset="cifar10", data_dir=str(root), val_size=ctx["val_size"], resident="yes"),
                       batch_size=ctx["batch"], device="cpu", seed=0)
-    info |= {"images": n, "decode_s": time.time() - t0, "num_classes": data.num_classes, "cache": os.environ.get("IGNORE_ATTN_CACHE")}
+    info |= {"images": {"train+val": data.train.total_samples + data.val.total_samples, "test": data.test.total_samples},
+             "build_s": time.time() - t0, "num_classes": data.num_classes}
     rec.write("result", **info)
     if ctx["dry_run"]: info["note"] = "CPU dry run: a synthetic pack of random JPEGs in the cifar10-jpg.npz format"
     return info
@@ -447,37 +534,46 @@ def _compare(ref: dict, run: dict) -> dict:
             "init_equal": bool(torch.equal(ref["w0"], run["w0"]))}
 
 
-def stage_correctness_fastpaths(ctx: dict, rec: Records) -> dict:
-    "Each fast path against eager float32 (TF32 off) on one fixed batch: 5 SGD steps, loss and weights within TOL."
+FASTPATH_CHECKS = {  # name: (TrainStep options, precision, needs CUDA)
+    "graphs_fp32": (dict(amp=False, channels_last=False, graphs=True, compile=False), "fp32", True),
+    # a short last batch after capture: the graph step's eager fallback (loaders with drop_last=False)
+    "graphs_fp32_partial_last_batch": (dict(amp=False, channels_last=False, graphs=True, compile=False, partial=True), "fp32", True),
+    "foreach_sgd_fp32": (dict(amp=False, channels_last=False, graphs=False, compile=False, fused=False), "fp32", True),
+    "bf16_channels_last": (dict(amp=True, channels_last=True, graphs=False, compile=False), "bf16", False),
+    "graphs_bf16_channels_last": (dict(amp=True, channels_last=True, graphs=True, compile=False), "bf16", True),
+    "compile_bf16_channels_last": (dict(amp=True, channels_last=True, graphs=False, compile=True), "bf16", False),
+}
+# Each group in its own process, the ones that capture or compile after the plain ones: a failed capture (which can
+# leave the process's CUDA state unusable) or a compile crash takes no other check with it.
+CHECK_GROUPS = (("control_other_batch", "foreach_sgd_fp32", "bf16_channels_last"),
+                ("graphs_fp32", "graphs_fp32_partial_last_batch"), ("graphs_bf16_channels_last",),
+                ("compile_bf16_channels_last",))
+
+
+def _fastpath_group(ctx: dict, rec: Records, group: int, names: tuple[str, ...]) -> None:
+    "One process: the eager float32 reference on the fixed batch, then the checks `names` against it, a record each."
     import torch
     device = _device(ctx)
     cuda = device.type == "cuda"
     torch.backends.cudnn.allow_tf32 = False; torch.backends.cuda.matmul.allow_tf32 = False   # a float32 reference
     torch.backends.cudnn.benchmark = False; torch.backends.cudnn.deterministic = True
     g = torch.Generator().manual_seed(0)
-    b = ctx["check_batch"]
-    s = ctx["image_size"]
+    b, s = ctx["check_batch"], ctx["image_size"]
     x, y = torch.randn(b, 3, s, s, generator=g).to(device), torch.randint(0, 10, (b,), generator=g).to(device)
     x2 = torch.randn(b, 3, s, s, generator=g).to(device)
     ref = _fastpath_run(ctx, device, x, y, amp=False, channels_last=False, graphs=False, compile=False)
-    common = {"arch": ctx["check_arch"], "attention": ctx["check_attention"], "batch": b, "steps": 5, "lr": 0.05,
-              "reference": "eager float32, TF32 off, fused SGD" if cuda else "eager float32 (CPU)",
+    common = {"check_group": group, "arch": ctx["check_arch"], "attention": ctx["check_attention"], "batch": b, "steps": 5,
+              "lr": 0.05, "reference": "eager float32, TF32 off, fused SGD" if cuda else "eager float32 (CPU)",
               "loss_ref": ref["losses"]}
-    control = _compare(ref, _fastpath_run(ctx, device, x2, y, amp=False, channels_last=False, graphs=False, compile=False))
-    loosest = max(t["update_rel"] for t in TOL.values())
-    rec.write("result", check="control_other_batch", **common, **control, passed=control["update_rel"] > loosest,
-              note="the reference on a different batch: must differ by more than every tolerance")
-    paths = [("graphs_fp32", dict(amp=False, channels_last=False, graphs=True, compile=False), "fp32", True),
-             # a short last batch after capture: the graph step's eager fallback (loaders with drop_last=False)
-             ("graphs_fp32_partial_last_batch", dict(amp=False, channels_last=False, graphs=True, compile=False,
-                                                     partial=True), "fp32", True),
-             ("foreach_sgd_fp32", dict(amp=False, channels_last=False, graphs=False, compile=False, fused=False), "fp32", True),
-             ("bf16_channels_last", dict(amp=True, channels_last=True, graphs=False, compile=False), "bf16", False),
-             ("graphs_bf16_channels_last", dict(amp=True, channels_last=True, graphs=True, compile=False), "bf16", True),
-             ("compile_bf16_channels_last", dict(amp=True, channels_last=True, graphs=False, compile=True), "bf16", False)]
-    failures = [] if control["update_rel"] > loosest else ["control_other_batch"]
     ref_p = None
-    for name, kw, precision, needs_cuda in paths:
+    for name in names:
+        if name == "control_other_batch":
+            control = _compare(ref, _fastpath_run(ctx, device, x2, y, amp=False, channels_last=False, graphs=False, compile=False))
+            loosest = max(t["update_rel"] for t in TOL.values())
+            rec.write("result", check=name, **common, **control, status="ok", passed=control["update_rel"] > loosest,
+                      note="the reference on a different batch: must differ by more than every tolerance")
+            continue
+        kw, precision, needs_cuda = FASTPATH_CHECKS[name]
         if needs_cuda and not cuda:
             rec.write("result", check=name, **common, status="skipped", passed=None, reason="needs CUDA (CPU dry run)")
             continue
@@ -487,19 +583,29 @@ def stage_correctness_fastpaths(ctx: dict, rec: Records) -> dict:
         except Exception as e:
             rec.write("result", check=name, **common, status="error", passed=False, error=f"{type(e).__name__}: {e}",
                       traceback=traceback.format_exc())
-            failures.append(name); continue
+            continue
         if kw.get("partial") and ref_p is None:   # its own reference: eager float32, same short last batch
             ref_p = _fastpath_run(ctx, device, x, y, amp=False, channels_last=False, graphs=False, compile=False, partial=True)
         cmp = _compare(ref_p if kw.get("partial") else ref, run)
         tol = TOL[precision]
         ok = cmp["init_equal"] and cmp["loss_rel"] <= tol["loss_rel"] and cmp["update_rel"] <= tol["update_rel"] \
              and (not kw["graphs"] or run["graph_captured"]) and run["bn_steps"] == ref["bn_steps"]
-        if not ok: failures.append(name)
         rec.write("result", check=name, **common, status="ok", passed=ok, precision=precision, tolerance=tol, **cmp,
                   losses=run["losses"], graph_captured=run["graph_captured"], time_s=time.time() - t0,
                   compile_backend=(ctx["compile_backend"] or "inductor") if kw["compile"] else None)
+
+
+def stage_correctness_fastpaths(ctx: dict, rec: Records) -> dict:
+    "Each fast path against eager float32 (TF32 off) on one fixed batch: 5 SGD steps, loss and weights within TOL."
+    t_end = time.time() + ctx["caps"]["correctness_fastpaths"] - 3
+    for i, names in enumerate(CHECK_GROUPS):
+        run_isolated(f"fast-path checks {', '.join(names)}", lambda: _fastpath_group(ctx, rec, i, names),
+                     t_end - time.time(), rec, check_group=i)
+    got = _results(rec, "correctness_fastpaths")
+    failures = [r.get("check", f"group {r['check_group']} ({r.get('error')})") for r in got
+                if r.get("passed") is False or r.get("status") in ("error", "timeout")]
     if failures: raise StageFailed(f"fast path(s) outside tolerance or failing: {', '.join(failures)}")
-    return {"checks": len(paths) + 1, "tolerances": TOL}
+    return {"checks": sum(map(len, CHECK_GROUPS)), "tolerances": TOL}
 
 
 # ------------------------------------------------------------------------------------------------- stage: throughput
@@ -544,73 +650,87 @@ def _dry_compile(ctx: dict) -> None:
     torch.compile = patched
 
 
-def stage_throughput(ctx: dict, rec: Records) -> dict:
-    "Images/s of the training step per model and path, plain loop first; ratios to the plain loop of this run."
+def stage_data(ctx: dict, n_images: int) -> dict:
+    """The stage's data, built once on the CPU before any path's process forks off (they inherit it): the trainer's
+    resident loaders (each path copies them to its device) and the plain loop's HWC images."""
+    import train_throughput as tt
+    return tt.stage_inputs(ctx["data_root"], ctx["batch"], n_images)
+
+
+def throughput_plan(ctx: dict) -> list[tuple[str, str, str]]:
+    "(arch, attention, path) to time, in order: every non-compile path of every model, then the compile paths."
+    plan = [(a, att, p) for a, att in ctx["models"] for p in ("plain",) + tuple(k for k in PATHS if not PATHS[k][2])]
+    return plan + [(a, att, p) for a, att in ctx["models"] for p in PATHS if PATHS[p][2]]
+
+
+def _time_path(ctx: dict, rec: Records, data: dict, arch: str, attention: str, path: str) -> None:
+    "Body of one path's process: set up, time, write its record (ratio to this run's plain loop of the same model)."
     import torch, train_throughput as tt
     _device(ctx)
     _compile_fallback_guard(); _dry_compile(ctx)
-    n_images = ctx["batch"] * min(ctx["warmup"] + ctx["steps"] + 1, 80)
-    done = 0
-    for mi, (arch, attention) in enumerate(ctx["models"]):
-        plain = None
-        for path in ("plain",) + tuple(PATHS):
-            if PATHS.get(path, (0, 0, 0, False))[3] and ctx["dry_run"]:
-                rec.write("result", arch=arch, attention=attention, path=path, status="skipped", reason="needs CUDA (CPU dry run)")
-                continue
-            if PATHS.get(path, (0, 0, False))[2] and mi > 0 and not ctx["compile_all"]:
-                rec.write("result", arch=arch, attention=attention, path=path, status="skipped",
-                          reason="compile is measured on the first model only, to fit the device budget (--compile-all)")
-                continue
-            t0 = time.time()
-            try:
-                args = _bench_args(ctx, arch, attention, path)
-                if path == "plain":
-                    dev = torch.device(args.device)
-                    if dev.type == "cuda": torch.backends.cudnn.benchmark = True   # as the trainer sets it, to be fair
-                    timer = tt.plain_loop(args, dev, ctx["image_size"], 10, n_images)
-                    settings = PATH_LABELS["plain"].replace("x4", f"x{ctx['plain_workers']}")
-                else:
-                    rt, data, timer = tt.trainer_loop(args, n_images)
-                    settings = (f"amp {rt.amp_dtype or 'off'}, channels_last {rt.channels_last}, compile {rt.compile}, "
-                                f"cuda_graphs {rt.cuda_graphs}, resident data {data.resident}")
-                img_s = timer(ctx["steps"], ctx["warmup"])
-            except Exception as e:
-                rec.write("result", arch=arch, attention=attention, path=path, status="error", error=f"{type(e).__name__}: {e}",
-                          traceback=traceback.format_exc(), time_s=time.time() - t0)
-                continue
-            if path == "plain": plain = img_s
-            label = PATH_LABELS[path].replace("x4", f"x{ctx['plain_workers']}")
-            rec.write("result", arch=arch, attention=attention, path=path, label=label, status="ok",
-                      img_per_s=img_s, ratio_to_plain=(img_s / plain) if plain else None, batch=ctx["batch"],
-                      steps=ctx["steps"], warmup=ctx["warmup"], settings=settings, time_s=time.time() - t0)
-            done += 1
-            if torch.cuda.is_available(): torch.cuda.empty_cache()
-    errors = [r for r in _results(rec, "throughput") if r.get("status") == "error"]
+    _injected_failure(ctx, (arch, attention), path)
+    t0 = time.time()
+    args = _bench_args(ctx, arch, attention, path)
+    if path == "plain":
+        dev = torch.device(args.device)
+        if dev.type == "cuda": torch.backends.cudnn.benchmark = True   # as the trainer sets it, to be fair
+        timer = tt.plain_loop(args, dev, ctx["image_size"], 10, data["n_images"], images=data["plain"])
+        settings = PATH_LABELS["plain"].replace("x4", f"x{ctx['plain_workers']}")
+    else:
+        rt, _, timer = tt.trainer_loop(args, data["n_images"], data=data["trainer"])
+        settings = (f"amp {rt.amp_dtype or 'off'}, channels_last {rt.channels_last}, compile {rt.compile}, "
+                    f"cuda_graphs {rt.cuda_graphs}, resident data True")
+    img_s = timer(ctx["steps"], ctx["warmup"])
+    plain = img_s if path == "plain" else next((r["img_per_s"] for r in _results(rec, "throughput") if r.get("status") == "ok"
+                                                and r["arch"] == arch and r["attention"] == attention and r["path"] == "plain"), None)
+    rec.write("result", arch=arch, attention=attention, path=path, label=PATH_LABELS[path].replace("x4", f"x{ctx['plain_workers']}"),
+              status="ok", img_per_s=img_s, ratio_to_plain=(img_s / plain) if plain else None, batch=ctx["batch"],
+              steps=ctx["steps"], warmup=ctx["warmup"], settings=settings, time_s=time.time() - t0)
+
+
+def stage_throughput(ctx: dict, rec: Records) -> dict:
+    "Images/s of the training step per model and path, each path in its own process; ratios to the plain loop of this run."
+    t_end = time.time() + ctx["caps"]["throughput"] - 3
+    data = stage_data(ctx, ctx["batch"] * min(ctx["warmup"] + ctx["steps"] + 1, 80))
+    first = ctx["models"][0]
+    plan = throughput_plan(ctx)
+    for i, (arch, attention, path) in enumerate(plan):
+        fields = dict(arch=arch, attention=attention, path=path)
+        if PATHS.get(path, (0, 0, 0, False))[3] and ctx["dry_run"]:
+            rec.write("result", **fields, status="skipped", reason="needs CUDA (CPU dry run)"); continue
+        if PATHS.get(path, (0, 0, False))[2] and (arch, attention) != tuple(first) and not ctx["compile_all"]:
+            rec.write("result", **fields, status="skipped",
+                      reason="compile is measured on the first model only, to fit the device budget (--compile-all)"); continue
+        left = t_end - time.time()
+        if left < 5:
+            rec.write("result", **fields, status="skipped", reason="out of the stage's time"); continue
+        compile_path = PATHS.get(path, (0, 0, False))[2]
+        run_isolated(f"{arch} {attention} {path}", lambda: _time_path(ctx, rec, data, arch, attention, path),
+                     left if compile_path else min(left, ctx["path_cap"]), rec, **fields)
+    got = _results(rec, "throughput")
+    errors = [r for r in got if r.get("status") in ("error", "timeout")]
     if errors: raise StageFailed(f"{len(errors)} measurement(s) failed: " + "; ".join(f"{r['arch']} {r['path']}: {r['error']}" for r in errors))
-    return {"measurements": done}
+    return {"measurements": sum(r.get("status") == "ok" for r in got), "order": [f"{a} {att} {p}" for a, att, p in plan]}
 
 
 # ------------------------------------------------------------------------------------------------------ stage: packed
-def best_path(rec: Records, arch: str, attention: str, cpu: bool = False) -> tuple[str, dict]:
-    "The trainer's fastest measured path for the model (compile only if >10% ahead: each packed run compiles)."
-    rows = [r for r in _results(rec, "throughput") if r.get("status") == "ok" and r["arch"] == arch
-            and r["attention"] == attention and r["path"] != "plain"]
-    if not rows: return ("eager_fp32" if cpu else "cuda_graphs"), {"why": "no throughput result of this run; the trainer's default path"}
-    fast = {r["path"]: r["img_per_s"] for r in rows}
-    best = max((p for p in fast if not PATHS[p][2]), key=fast.get, default="cuda_graphs")
-    for c in ("compile", "compile_cuda_graphs"):
-        if c in fast and fast[c] > 1.1 * fast.get(best, 0) and fast[c] >= fast.get("compile", 0): best = c
-    return best, {"why": "fastest trainer path measured in this run", "img_per_s": fast}
+def packed_path(dry_run: bool) -> tuple[str, dict]:
+    "The packed runs' path: CUDA graphs on the GPU (eager float32 on a CPU), never compile."
+    if dry_run: return "eager_fp32", {"why": "CPU dry run: the trainer's CPU path"}
+    return "cuda_graphs", {"why": "the trainer's default on one GPU; compile is never chosen here, as N processes "
+                                  "compiling at once would spend the stage on compiling, and a CPU-noisy timing "
+                                  "must not decide it"}
 
 
-def _packed_worker(ctx, arch, attention, path, n_images, steps, barrier, queue, index):
+def _packed_worker(ctx, arch, attention, path, data, steps, barrier, queue, index, parent):
     "One packed run: set up, warm up (capture included), wait for all, time `steps` steps, report."
+    _die_with_parent(parent)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         import torch, train_throughput as tt
         if ctx["dry_run"]: torch.set_num_threads(1)
         _compile_fallback_guard(); _dry_compile(ctx)
-        rt, data, timer = tt.trainer_loop(_bench_args(ctx, arch, attention, path), n_images)
+        rt, _, timer = tt.trainer_loop(_bench_args(ctx, arch, attention, path), data["n_images"], data=data["trainer"])
         timer(0, ctx["warmup"])                       # warm-up and capture, untimed
         barrier.wait(timeout=300)
         t0 = time.time()
@@ -629,16 +749,16 @@ def stage_packed(ctx: dict, rec: Records) -> dict:
     "Aggregate images/s of N runs packed on one GPU, N in ctx['packs'], each its own process on the best path."
     import multiprocessing as mp, queue as q
     arch, attention = ctx["packed_model"]
-    path, why = best_path(rec, arch, attention, cpu=ctx["dry_run"])
+    path, why = packed_path(ctx["dry_run"])
     plain = next((r["img_per_s"] for r in _results(rec, "throughput") if r.get("status") == "ok" and r["arch"] == arch
                   and r["attention"] == attention and r["path"] == "plain"), None)
     fork = mp.get_context("fork")
-    n_images = ctx["batch"] * 40
+    data = stage_data(ctx, ctx["batch"] * 40)   # once, before the runs fork off
     single, errors = None, []
     for n in ctx["packs"]:
         barrier, queue = fork.Barrier(n), fork.Queue()
-        procs = [fork.Process(target=_packed_worker, args=(ctx, arch, attention, path, n_images, ctx["packed_steps"],
-                                                           barrier, queue, i)) for i in range(n)]
+        procs = [fork.Process(target=_packed_worker, args=(ctx, arch, attention, path, data, ctx["packed_steps"],
+                                                           barrier, queue, i, os.getpid())) for i in range(n)]
         t0 = time.time()
         for p in procs: p.start()
         got = []
@@ -691,8 +811,9 @@ class _Deadline(Exception):
     "Raised after an epoch when the next one would not finish before the stage's deadline."
 
 
-def _table1_run(opts: dict, out: str, deadline: float, queue) -> None:
+def _table1_run(opts: dict, out: str, deadline: float, queue, parent: int) -> None:
     "One Table 1 run in its own process: the trainer, stopping between epochs if the deadline comes; report."
+    _die_with_parent(parent)
     try:
         import torch
         if opts.get("device") == "cpu": torch.set_num_threads(1)   # three runs share the CPU
@@ -731,11 +852,12 @@ def stage_table1(ctx: dict, rec: Records) -> dict:
     from ignore_attn.experiments import sweep_runs
     t_start = time.time()
     cap = ctx["caps"]["table1"]
-    n_train = sum(1 for _ in (Path(ctx["data_root"]) / "train").rglob("*.jpg")) - ctx["val_size"]
+    from ignore_attn.data import read_cifar
+    n_train = len(read_cifar(ctx["data_root"])["train"][1]) - ctx["val_size"]
     plan = plan_epochs(rec, cap - (8 if ctx["dry_run"] else 30), n_train, ctx["val_size"], 3, ctx["table1_setup_s"])
     epochs = plan["epochs"] = min(plan["epochs"], ctx["table1_max_epochs"])
     milestones = scaled_milestones(epochs)
-    overrides = {"datasets": ["imagefolder"], "archs": [ctx["table1_arch"]], "attentions": list(PAPER_TABLE1), "seeds": [0],
+    overrides = {"datasets": ["cifar10"], "archs": [ctx["table1_arch"]], "attentions": list(PAPER_TABLE1), "seeds": [0],
                  "epochs": epochs, "milestones": milestones, "val_size": ctx["val_size"],
                  "device": "cpu" if ctx["dry_run"] else "cuda:0"}
     if ctx["dry_run"]: overrides["batch_size"] = ctx["batch"]
@@ -745,7 +867,7 @@ def stage_table1(ctx: dict, rec: Records) -> dict:
     # Training stops between epochs by `train_until`; what is left (a test pass of the best checkpoint, and after a
     # stop the run's data and model rebuilt for it) must fit before `collect_until`, before the parent's cap.
     train_until, collect_until = t_start + cap - (8 if ctx["dry_run"] else 30), t_start + cap - 3
-    procs = [fork.Process(target=_table1_run, args=(r.options, str(out_root / r.run_id), train_until, queue)) for r in runs]
+    procs = [fork.Process(target=_table1_run, args=(r.options, str(out_root / r.run_id), train_until, queue, os.getpid())) for r in runs]
     for p in procs: p.start()
     got = []
     for _ in procs:
@@ -778,7 +900,7 @@ def stage_table1(ctx: dict, rec: Records) -> dict:
     paper_d = {f"{a} - {b}": PAPER_TABLE1[a] - PAPER_TABLE1[b] for a, b in (("se", "standard"), ("se-ign3", "standard"), ("se-ign3", "se"))}
     summary = {"test_top1_err": err, "differences": diffs, "paper_test_top1_err": PAPER_TABLE1, "paper_differences": paper_d,
                "epochs_planned": epochs, "milestones": milestones, "plan": plan, "protocol": protocol,
-               "arch": ctx["table1_arch"], "dataset": "imagefolder (CIFAR-10 JPEGs)"}
+               "arch": ctx["table1_arch"], "dataset": "cifar10 (decoded from the CIFAR-10 JPEG pack)"}
     rec.write("result", summary=True, **summary)
     missing = [a for a in PAPER_TABLE1 if a not in err]
     if missing: raise StageFailed(f"variant(s) {missing} did not finish: {errs or 'no report before the deadline'}")
@@ -795,13 +917,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="stages:\n" + __doc__.split("\n\n")[1]
                                 + "\n\nexamples:" + __doc__.split("examples:")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="every stage on the CPU at toy sizes (well under a minute)")
-    p.add_argument("--out", help="folder of the JSONL (default: benchmarks/results; a dry run: a new temp folder)")
-    p.add_argument("--budget", type=float, default=480, help="seconds for the whole suite (default 480: 8 of the device's 10 min)")
+    p.add_argument("--out", help="folder of the JSONL, written line by line (default: benchmarks/results; a dry run: a "
+                                 "new temp folder; on a lent GPU: $OUT, so that it comes back even if the call is stopped)")
+    p.add_argument("--logs", help="folder the stage logs are written to as they run (default: beside the JSONL in a dry "
+                                  "run, else the work folder in /tmp)")
+    p.add_argument("--budget", type=float, default=400, help="seconds for the whole suite (default 400: what a 600 s "
+                                                              "device call leaves after its start, the preamble and margin)")
     p.add_argument("--pack", default=".carry/cifar10-jpg.npz", help="the CIFAR-10 JPEG pack (relative to the checkout)")
-    p.add_argument("--unpack-tool", default=".carry/cifar10_jpg_unpack.py", help="the pack's unpack script")
-    p.add_argument("--data-root", default="/tmp/cifar10-jpg", help="where the pack is unpacked (reused when there)")
-    p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of the stages, in suite order")
+    p.add_argument("--data-root", default="/tmp/cifar10-from-jpg", help="where the pack is decoded to CIFAR pickles (reused when there)")
+    p.add_argument("--stages", default=",".join(DEFAULT_STAGES),
+                   help=f"comma-separated stages, in suite order (default: all but table1; all: {','.join(STAGES)})")
     p.add_argument("--fail-stage", choices=STAGES, help="make this stage raise at its start (tests the failure path)")
+    p.add_argument("--fail-path", metavar="PATH:MODE", help=f"make the first model's throughput PATH fail in its process, MODE one of "
+                   f"{', '.join(FAIL_MODES)} (tests that the paths after it still report)")
     p.add_argument("--compile-all", action="store_true", help="time torch.compile for every model, not only the first")
     p.add_argument("--run-notebook", help=argparse.SUPPRESS)
     p.add_argument("--flags", default="gpu", help=argparse.SUPPRESS)
@@ -812,32 +940,24 @@ def make_context(args, out: Path, work: Path) -> dict:
     "Sizes and paths of a real or a dry run."
     rel = lambda s: str(s if Path(s).is_absolute() else REPO / s)
     ctx = {"dry_run": args.dry_run, "fail_stage": args.fail_stage, "work": str(work),
-           "log_dir": str((out if args.dry_run else work) / "logs"),   # GPU runs: logs beside the work, not in results/
-           "pack": rel(args.pack), "unpack_tool": rel(args.unpack_tool), "data_root": args.data_root,
+           "log_dir": args.logs or str((out if args.dry_run else work) / "logs"),   # not in benchmarks/results
+           "pack": rel(args.pack), "data_root": args.data_root, "fail_path": args.fail_path,
            "compile_all": args.compile_all, "compile_backend": None}
     if args.dry_run:
         ctx |= {"pack": str(work / "cifar10-jpg-synthetic.npz") if args.pack == parse_args([]).pack else rel(args.pack),
                 "data_root": str(work / "cifar10-jpg") if args.data_root == parse_args([]).data_root else args.data_root,
-                "unpack_tool": _dry_unpack_tool(args), "caps": dict(DRY_CAPS), "batch": 8, "steps": 2, "warmup": 1,
+                "caps": dict(DRY_CAPS), "path_cap": 40, "batch": 8, "steps": 2, "warmup": 1,
                 "plain_workers": 0, "val_size": 40, "models": [("resnet8-cifar", "se-ign3"), ("resnet8-cifar", "cbam-ign1(0.5)")],
-                "check_arch": "resnet8-cifar", "check_attention": "se-ign3", "check_batch": 8, "compile_backend": "eager", "image_size": 16,
+                "check_arch": "resnet8-cifar", "check_attention": "se-ign3", "check_batch": 8, "compile_backend": "eager", "image_size": 32,
                 "packs": [1, 2], "packed_model": ("resnet8-cifar", "se-ign3"), "packed_steps": 3,
                 "table1_arch": "resnet8-cifar", "table1_setup_s": 8, "table1_max_epochs": 2}
     else:
-        ctx |= {"caps": dict(CAPS), "batch": 128, "steps": 100, "warmup": 15, "plain_workers": 4, "val_size": 10000,
+        ctx |= {"caps": dict(CAPS), "path_cap": PATH_CAP, "batch": 128, "steps": 100, "warmup": 15, "plain_workers": 4, "val_size": 10000,
                 "models": list(THROUGHPUT_MODELS), "check_arch": "resnet50-cifar", "check_attention": "se-ign3",
                 "check_batch": 128, "image_size": 32, "packs": [1, 2, 4, 8], "packed_model": ("resnet50-cifar", "se-ign3"),
                 "packed_steps": 150, "table1_arch": "resnet50-cifar", "table1_setup_s": 35,
                 "table1_max_epochs": 200}
     return ctx
-
-
-def _dry_unpack_tool(args) -> str | None:
-    "The unpack tool for a dry run: the one given, else the carried or the shared one, else None (built-in)."
-    shared = Path(os.environ.get("IGNORE_ATTN_SHARED", REPO.parent / "shared")) / "tools" / "cifar10_jpg_unpack.py"
-    for c in (Path(args.unpack_tool if Path(args.unpack_tool).is_absolute() else REPO / args.unpack_tool), shared):
-        if c.is_file(): return str(c)
-    return None
 
 
 def main(argv=None) -> int:
@@ -846,6 +966,11 @@ def main(argv=None) -> int:
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in stages if s not in STAGES]
     if unknown: raise SystemExit(f"unknown stage(s) {unknown}; the stages are {', '.join(STAGES)}")
+    if args.fail_path is not None:
+        name, _, mode = args.fail_path.partition(":")
+        if name not in ("plain", *PATHS) or mode not in FAIL_MODES:
+            raise SystemExit(f"--fail-path {args.fail_path!r}: use PATH:MODE, PATH one of plain, {', '.join(PATHS)} and "
+                             f"MODE one of {', '.join(FAIL_MODES)}")
     results_dir = REPO / "benchmarks" / "results"
     if args.dry_run:
         out = Path(args.out or tempfile.mkdtemp(prefix="device-suite-dry-"))
@@ -874,28 +999,40 @@ def main(argv=None) -> int:
     print(f"device suite {run_id}: {facts['gpu']}, torch {facts['torch']}, CUDA {facts['cuda']}, commit "
           f"{(commit['commit'] or '?')[:10]}{' (dirty)' if commit['dirty'] else ''} -> {path}", flush=True)
     status, background = {}, None
-    for name in stages:
-        left = args.budget - (time.time() - t0)
-        later = sum(MIN_S.get(s, 0) for s in stages[stages.index(name) + 1:])
-        cap = min(ctx["caps"][name], left - later) if name != "table1" else left - 5
-        if name == "table1" and not args.dry_run: ctx["caps"]["table1"] = cap
-        if cap < MIN_S.get(name, 10):
-            rec.write("stage", stage=name, status="skipped", time_s=0, cap_s=cap,
-                      error=f"budget exhausted ({left:.0f} s left of {args.budget:.0f} s)")
-            status[name] = "skipped"; continue
-        if name in ("throughput", "packed", "table1") and background is not None:   # timing needs the GPU to itself
-            status[background["name"]] = finish_stage(background, rec); background = None
+    signal.signal(signal.SIGTERM, _stop); signal.signal(signal.SIGINT, _stop)
+    try:
+        for name in stages:
             left = args.budget - (time.time() - t0)
-            cap = min(cap, left - later) if name != "table1" else left - 5
+            later = sum(MIN_S.get(s, 0) for s in stages[stages.index(name) + 1:])
+            cap = min(ctx["caps"][name], left - later) if name != "table1" else left - 5
             if name == "table1" and not args.dry_run: ctx["caps"]["table1"] = cap
-        ctx["caps"][name] = cap
-        print(f"[{time.time() - t0:6.1f} s] {name} (cap {cap:.0f} s)", flush=True)
-        if name == "correctness_notebooks" and len(stages) > 1:
-            background = run_stage(name, ctx, rec, cap, background=True)
-            continue
-        status[name] = run_stage(name, ctx, rec, cap)
-        print(f"[{time.time() - t0:6.1f} s] {name}: {status[name]}", flush=True)
-    if background is not None: status[background["name"]] = finish_stage(background, rec)
+            if cap < MIN_S.get(name, 10):
+                rec.write("stage", stage=name, status="skipped", time_s=0, cap_s=cap,
+                          error=f"budget exhausted ({left:.0f} s left of {args.budget:.0f} s)")
+                status[name] = "skipped"; continue
+            if name in ("throughput", "packed", "table1") and background is not None:   # timing needs the GPU to itself
+                status[background["name"]] = finish_stage(background, rec); background = None
+                left = args.budget - (time.time() - t0)
+                cap = min(cap, left - later) if name != "table1" else left - 5
+                if name == "table1" and not args.dry_run: ctx["caps"]["table1"] = cap
+            ctx["caps"][name] = cap
+            print(f"[{time.time() - t0:6.1f} s] {name} (cap {cap:.0f} s)", flush=True)
+            if name == "correctness_notebooks" and len(stages) > 1:
+                background = run_stage(name, ctx, rec, cap, background=True)
+                continue
+            status[name] = run_stage(name, ctx, rec, cap)
+            print(f"[{time.time() - t0:6.1f} s] {name}: {status[name]}", flush=True)
+        if background is not None: status[background["name"]] = finish_stage(background, rec)
+    except Stopped as e:   # kill what runs, say so in the JSONL; the lines already written stay as they are
+        for job in list(_RUNNING.values()):
+            try: os.killpg(job["proc"].pid, signal.SIGKILL)
+            except ProcessLookupError: pass
+            rec.write("stage", stage=job["name"], status="stopped", time_s=time.time() - job["t0"], cap_s=job["cap"],
+                      error=f"the suite got {e} (its time limit) while this stage ran")
+            status[job["name"]] = "stopped"
+        rec.write("footer", stage=None, wall_s=time.time() - t0, stage_status=status, results=str(path), stopped_by=str(e))
+        print(f"stopped by {e} after {time.time() - t0:.1f} s; results so far: {path}", flush=True)
+        return 124
     rec.write("footer", stage=None, wall_s=time.time() - t0, stage_status=status, results=str(path))
     print(f"done in {time.time() - t0:.1f} s: " + ", ".join(f"{k} {v}" for k, v in status.items()), flush=True)
     print(f"results: {path}", flush=True)

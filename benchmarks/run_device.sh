@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The one command for a lent GPU machine (run from the checkout there, with .carry/ carried; see prepare_carry.sh):
-# install the carried wheels into /tmp (no network), say what the machine is, run the suite under a hard timeout,
-# and copy its JSONL and logs to $OUT so they come back. Extra arguments go to the suite (e.g. --stages ...).
+# install the carried wheels into /tmp (no network), say what the machine is, and run the suite under a hard timeout.
+# The suite appends every JSON line straight into $OUT and writes its stage logs live into $OUT/logs, so what was
+# measured comes back even when the call is stopped at its limit. Extra arguments go to the suite (e.g. --stages ...).
+# Times: a 600 s call holds the machine start's leftovers, this preamble (~20 s), the suite (timeout 450 s, budget
+# 400 s: the stages plan within the budget, the timeout is the backstop) and margin.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -10,15 +13,12 @@ if ls .carry/wheels/*.whl >/dev/null 2>&1; then
         && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
-python3 -c "import torch, torchvision; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'torchvision', torchvision.__version__)"
-before="$(ls benchmarks/results/*.jsonl 2>/dev/null || true)"
-timeout --signal=TERM --kill-after=15 "${SUITE_TIMEOUT:-560}" python3 benchmarks/device_suite.py --budget "${BUDGET:-480}" \
-    --pack .carry/cifar10-jpg.npz --unpack-tool .carry/cifar10_jpg_unpack.py "$@"
+py="${PYTHON:-python3}"
+"$py" -c "import torch, torchvision; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'torchvision', torchvision.__version__)"
+out=()
+if [ -n "${OUT:-}" ]; then out=(--out "$OUT" --logs "$OUT/logs"); fi
+timeout --signal=TERM --kill-after=15 "${SUITE_TIMEOUT:-450}" "$py" benchmarks/device_suite.py --budget "${BUDGET:-400}" \
+    --pack .carry/cifar10-jpg.npz "${out[@]}" "$@"
 rc=$?
-if [ -n "${OUT:-}" ]; then
-    for f in benchmarks/results/*.jsonl; do case "$before" in *"$f"*) ;; *) cp "$f" "$OUT/";; esac; done
-    logs="$(ls -d /tmp/device-suite-work-*/logs 2>/dev/null | tail -1)"
-    [ -n "$logs" ] && tar czf "$OUT/suite-logs.tgz" -C "$(dirname "$logs")" logs
-fi
 echo "suite exit code $rc"
 exit $rc

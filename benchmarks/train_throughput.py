@@ -35,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=10, help="untimed steps before timing (worker start, cuDNN, capture)")
     p.add_argument("--repeat", type=int, default=1, help="alternate the two measurements this many times; report medians")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--data", default=None, help="ImageFolder root with train/<class>/*; default: in-memory 32x32 images")
+    p.add_argument("--data", default=None, help="ImageFolder root with train/<class>/*, or a folder of CIFAR-10 pickles; "
+                                                "default: in-memory 32x32 images")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"), help="trainer side autocast")
@@ -78,13 +79,51 @@ class _ArrayImages(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def plain_loop(args, device: torch.device, image_size: int, num_classes: int, n_images: int):
-    "The reference: torchvision transforms in a DataLoader, float32 eager model, SGD; returns a timing function."
+def _is_cifar(data: str | None) -> bool:
+    "Whether `data` is (or holds) a folder of CIFAR-10 pickles rather than an ImageFolder tree."
+    from ignore_attn.data import CIFAR_FILES, cifar_folder
+    return bool(data) and (cifar_folder(data, "cifar10") / CIFAR_FILES["cifar10"]["meta"]).is_file()
+
+
+def _data_config(data: str | None, n_images: int, batch: int):
+    "The trainer side's DataConfig: the CIFAR pickles or ImageFolder at `data` (n_images of it), else Cluttered Digits."
+    from ignore_attn.data import DataConfig
+    if not data: return DataConfig(dataset="cluttered-digits", n_train=n_images, n_val=batch, n_test=batch)
+    return DataConfig(dataset="cifar10" if _is_cifar(data) else "imagefolder", data_dir=data, limit_train=n_images, val_size=0)
+
+
+def stage_inputs(data: str, batch: int, n_images: int) -> dict:
+    """Both sides' data built once on the CPU (a caller that forks one process per measurement builds it before):
+    the trainer's resident loaders and the plain loop's uint8 HWC images with labels."""
+    from ignore_attn.data import build_data
+    cfg = _data_config(data, n_images, batch)
+    trainer = build_data(cfg, batch_size=batch, device="cpu", seed=0)
+    x, y = trainer.train.images, trainer.train.labels
+    return {"n_images": n_images, "trainer": trainer,
+            "plain": (x.permute(0, 2, 3, 1).contiguous().numpy(), y.numpy())}
+
+
+def data_on(data, device: torch.device):
+    "A copy of CPU-resident `Data` whose training loader serves from `device` (its uint8 tensors copied there once)."
+    import copy, dataclasses
+    ld = copy.copy(data.train)
+    ld.device = torch.device(device)
+    ld.images, ld.labels, ld.scale, ld.shift = (t.to(device) for t in (ld.images, ld.labels, ld.scale, ld.shift))
+    return dataclasses.replace(data, train=ld)
+
+
+def plain_loop(args, device: torch.device, image_size: int, num_classes: int, n_images: int, images=None):
+    """The reference: torchvision transforms in a DataLoader, float32 eager model, SGD; returns a timing function.
+    `images`: (uint8 (N, H, W, 3), labels) already in memory (as torchvision's CIFAR10 data set holds them)."""
     from torchvision import datasets, transforms
     from ignore_attn.models import get_model
     tf = transforms.Compose([transforms.RandomCrop(image_size, padding=4), transforms.RandomHorizontalFlip(),
                              transforms.ToTensor(), transforms.Normalize((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))])
-    if args.data:
+    if images is None and _is_cifar(args.data):
+        images = stage_inputs(args.data, args.batch, n_images)["plain"]
+    if images is not None:
+        ds = _ArrayImages(images[0], images[1], tf)
+    elif args.data:
         ds = datasets.ImageFolder(str(Path(args.data) / "train"), transform=tf)
     else:
         rng = np.random.default_rng(0)
@@ -109,21 +148,20 @@ def plain_loop(args, device: torch.device, image_size: int, num_classes: int, n_
     return lambda steps, warmup: _timed(step, batches, steps, warmup, args.batch, device)
 
 
-def trainer_loop(args, n_images: int):
-    "This project's path: ignore_attn.data loader + TrainStep as the trainer sets them up; returns a timing function."
-    from ignore_attn.data import DataConfig, build_data
+def trainer_loop(args, n_images: int, data=None):
+    """This project's path: ignore_attn.data loader + TrainStep as the trainer sets them up; returns a timing function.
+    `data`: CPU-resident `Data` built already (`stage_inputs`), copied to the device here instead of built again."""
+    from ignore_attn.data import build_data
     from ignore_attn.models import get_model
     from ignore_attn.train import (TrainConfig, TrainStep, make_schedule, param_groups, resolve_config,
                                    resolve_runtime)
-    data_cfg = (DataConfig(dataset="imagefolder", data_dir=args.data, limit_train=n_images, val_size=0)
-                if args.data else DataConfig(dataset="cluttered-digits", n_train=n_images, n_val=args.batch,
-                                             n_test=args.batch))
+    data_cfg = _data_config(args.data, n_images, args.batch)
     cfg = resolve_config(TrainConfig(arch=args.arch, attention=args.attention, data=data_cfg, batch_size=args.batch,
                                      lr=0.01, device=args.device, amp=args.amp, channels_last=args.channels_last,
                                      compile=args.compile, cuda_graphs=args.cuda_graphs, quiet=True))
     rt = resolve_runtime(cfg)
     if rt.device.type == "cuda": torch.backends.cudnn.benchmark = True
-    data = build_data(cfg.data, batch_size=args.batch, device=rt.device, seed=0)
+    data = build_data(cfg.data, batch_size=args.batch, device=rt.device, seed=0) if data is None else data_on(data, rt.device)
     torch.manual_seed(0)
     model = get_model(cfg.arch, num_classes=data.num_classes, attention=cfg.attention).to(rt.device)
     if rt.channels_last: model = model.to(memory_format=torch.channels_last)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_engine.ipynb #b6243d26
 from __future__ import annotations
-import csv, errno, fcntl, io, json, math, os, random, secrets, signal, socket, sys, threading, time, warnings
+import atexit, csv, errno, fcntl, io, json, math, os, random, secrets, signal, socket, sys, threading, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,11 +18,12 @@ from tqdm import tqdm   # the text bar: the same in a terminal, a log and a note
 
 # %% auto #0
 __all__ = ['KILL_AT_ENV', 'LOCK_FILE', 'RUNNER_LOCK_FILE', 'RUNNER_TOKEN_ENV', 'HEARTBEAT_S', 'STALE_AFTER_S', 'RUNTIME_KEYS',
-           'HISTORY_COLUMNS', 'Runtime', 'resolve_runtime', 'setup_distributed', 'CorruptCheckpointError',
-           'RunDirConflict', 'atomic_write', 'save_json', 'save_checkpoint', 'load_checkpoint', 'seed_epoch',
-           'rng_state', 'set_rng_state', 'process_identity', 'is_same_process', 'is_fresh', 'Heartbeat', 'read_holder',
-           'describe_holder', 'RunLocked', 'RunLock', 'lock_holder', 'config_diff', 'RunDir', 'autocast', 'to_layout',
-           'to_device', 'has_own_loss', 'WithLoss', 'topk_correct', 'TrainStep', 'train_one_epoch', 'evaluate']
+           'HISTORY_COLUMNS', 'Runtime', 'resolve_runtime', 'setup_distributed', 'teardown_distributed',
+           'CorruptCheckpointError', 'RunDirConflict', 'atomic_write', 'save_json', 'save_checkpoint',
+           'load_checkpoint', 'seed_epoch', 'rng_state', 'set_rng_state', 'process_identity', 'is_same_process',
+           'is_fresh', 'Heartbeat', 'read_holder', 'describe_holder', 'RunLocked', 'RunLock', 'lock_holder',
+           'config_diff', 'RunDir', 'autocast', 'to_layout', 'to_device', 'has_own_loss', 'WithLoss', 'topk_correct',
+           'check_capturable', 'TrainStep', 'train_one_epoch', 'evaluate']
 
 # %% ../nbs/13_engine.ipynb #bc1139dd
 @dataclass
@@ -57,6 +58,9 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
     if device.type == "cuda":
         if not torch.cuda.is_available(): raise ValueError("device 'cuda' asked for but CUDA is not available here; use --device cpu")
         if device.index is None: device = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
+        elif world > 1:   # every rank would train on the same GPU
+            raise ValueError(f"device {cfg.device!r} under torchrun ({world} processes) puts every rank on GPU "
+                             f"{device.index}; pass --device cuda (or auto): each rank then takes cuda:LOCAL_RANK")
     elif device.type != "cpu": raise ValueError(f"device {cfg.device!r} is not supported; use auto, cpu or cuda")
     cuda = device.type == "cuda"
     amp = {"auto": torch.bfloat16 if cuda else None, "bf16": torch.bfloat16, "off": None}[cfg.amp]
@@ -78,6 +82,11 @@ def setup_distributed(rt: Runtime) -> None:
     # device_id binds the NCCL communicator to this rank's GPU now (eager init): barrier() and the first
     # collective then never guess a device from the global rank.
     dist.init_process_group("nccl" if cuda else "gloo", **({"device_id": rt.device} if cuda else {}))
+    atexit.register(teardown_distributed)   # at the end of the process, also when it ends on an error
+
+def teardown_distributed() -> None:
+    "Leave the process group, if this process is in one (NCCL's resources are freed, not left to the interpreter's exit)."
+    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/13_engine.ipynb #48788e11
 class CorruptCheckpointError(RuntimeError):
@@ -512,6 +521,16 @@ def topk_correct(logits: torch.Tensor, # (N, classes)
     top = logits.topk(min(k, logits.shape[1]), dim=1).indices
     return (top[:, 0] == y).sum(), (top == y[:, None]).any(1).sum()
 
+def check_capturable(optimizer: torch.optim.Optimizer, # the optimiser a CUDA graph would capture
+                    ) -> None:
+    "Refuse an optimiser whose step reads a number back to the host, which a CUDA graph cannot capture."
+    for g in optimizer.param_groups:
+        if g.get("fused") or g.get("capturable"): continue
+        name = type(optimizer).__name__
+        raise ValueError(f"CUDA graph capture needs a capturable optimizer, but this {name} has fused={g.get('fused')}, "
+                         f"capturable={g.get('capturable')} (its step reads the learning rate back to the host); build "
+                         f"it with fused=True (or capturable=True where {name} has it), or train with --no-cuda-graphs")
+
 class TrainStep:
     "One SGD step on a batch (forward, loss, backward, update): eager, or replayed from a captured CUDA graph."
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, rt: Runtime, warmup: int = 3):
@@ -519,14 +538,18 @@ class TrainStep:
         self.net, self.optimizer, self.rt, self.warmup = net, optimizer, rt, warmup
         self.own_loss = isinstance(_unwrap(net), WithLoss)
         self.use_graph, self.graph, self.eager_steps = rt.cuda_graphs and not self.own_loss, None, 0
-        # One side stream for warm-up and capture: cuBLAS/cuDNN handles and workspaces are made per stream, so
-        # the capture then meets none for the first time.
-        self.stream = torch.cuda.Stream(rt.device) if self.use_graph else None
+        if self.use_graph: check_capturable(optimizer)   # now, not as a failed capture after the warm-up
+        # Capture turns autocast's weight cache off; every step of a graph-using TrainStep does the same, so a
+        # compiled forward warmed up eagerly meets the same global state inside the capture and does not recompile.
+        self.autocast_cache = not self.use_graph
+        # One side stream for warm-up and capture (made at the first step): cuBLAS/cuDNN handles and workspaces are
+        # made per stream, so the capture then meets none for the first time.
+        self.stream = None
         self.lr = None   # graphs: one 0-d device tensor every param group reads; replays pick up lr.fill_(...)
 
-    def _forward_backward(self, x, y, cache: bool = True):
+    def _forward_backward(self, x, y):
         "Loss and gradients of a batch; returns (summed loss, number correct) as device tensors."
-        with autocast(self.rt, cache):
+        with autocast(self.rt, self.autocast_cache):
             if self.own_loss: loss, logits = self.net(x, y)
             else: logits = self.net(x)
         if not self.own_loss: loss = F.cross_entropy(logits.float(), y)
@@ -577,6 +600,7 @@ class TrainStep:
 
     def _on_side_stream(self, x, y):
         "An eager step on a side stream, as graph capture requires of warm-up work."
+        if self.stream is None: self.stream = torch.cuda.Stream(self.rt.device)
         main, side = torch.cuda.current_stream(self.rt.device), self.stream
         side.wait_stream(main)
         with torch.cuda.stream(side):
@@ -585,20 +609,31 @@ class TrainStep:
         main.wait_stream(side)
         return out
 
-    def _capture(self, x, y):
-        "Record forward, backward and the optimiser step into one CUDA graph (static input, gradients and lr)."
-        # SGD has no step counter, so it needs no `capturable` flag; it must only be past its first step (momentum
-        # buffers exist: the warm-up made them) and read lr from device memory (fused SGD takes a tensor lr).
+    def _tensor_lr(self) -> None:
+        "Make every param group read the learning rate from one 0-d device tensor (fused SGD takes a tensor lr)."
         groups = self.optimizer.param_groups
         self.lr = torch.tensor(float(groups[0]["lr"]), device=self.rt.device)
         for g in groups: g["lr"] = self.lr
+
+    def _step_body(self, x, y):
+        "What the graph records: forward, backward and the optimiser step; no host sync may happen in it."
+        out = self._forward_backward(x, y)
+        self.optimizer.step()
+        return out
+
+    def _capture(self, x, y):
+        "Record forward, backward and the optimiser step into one CUDA graph (static input, gradients and lr)."
+        # SGD has no step counter; fused, it must only be past its first step (momentum buffers exist: the warm-up
+        # made them) and read lr from device memory. A foreach SGD reads a tensor lr back (`alpha=-lr`): a host
+        # sync, which check_capturable refused at construction.
+        self._tensor_lr()
         self.static_x, self.static_y = x.clone(), y.clone()
         self.optimizer.zero_grad(set_to_none=True)  # backward inside the capture allocates .grad in the graph's pool
         torch.cuda.synchronize(self.rt.device)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.device(self.rt.device), torch.cuda.graph(graph, stream=self.stream):
-            self.static_loss, self.static_correct = self._forward_backward(self.static_x, self.static_y, cache=False)
-            self.optimizer.step()
+        # thread_local: other threads (the pin-memory thread of a worker loader) may call CUDA during the capture
+        with torch.cuda.device(self.rt.device), torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+            self.static_loss, self.static_correct = self._step_body(self.static_x, self.static_y)
         self.graph = graph
 
 # %% ../nbs/13_engine.ipynb #072bce28

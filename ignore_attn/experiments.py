@@ -736,10 +736,20 @@ def launch_command(out: str | Path,    # the run folder, holding request.json
             "-m", "ignore_attn.experiments", str(Path(out) / "request.json")]
 
 def _pin_gpu(options: dict, nproc_per_node: int) -> tuple[dict, dict]:
-    "Options and environment that give a run on `cuda:N` GPU N as its only visible device (cuda:0 inside)."
-    dev = str(options.get("device", ""))
-    if not dev.startswith("cuda:") or os.environ.get("CUDA_VISIBLE_DEVICES"): return options, {}
-    return {**options, "device": "cuda" if nproc_per_node > 1 else "cuda:0"}, {"CUDA_VISIBLE_DEVICES": dev.split(":", 1)[1]}
+    "Options and environment that give a run on `cuda:N` GPUs N..N+nproc_per_node-1 as its only visible devices (cuda:0.. inside)."
+    dev, visible = str(options.get("device", "")), os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not dev.startswith("cuda:"): return options, {}
+    first = int(dev.split(":", 1)[1])
+    if nproc_per_node <= 1:
+        if visible: return options, {}
+        return {**options, "device": "cuda:0"}, {"CUDA_VISIBLE_DEVICES": str(first)}
+    # torchrun: one GPU per rank (cuda:LOCAL_RANK of the GPUs made visible here), so the run sees nproc_per_node of them
+    import torch
+    ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    if first + nproc_per_node > len(ids):
+        raise ValueError(f"device {dev} with nproc_per_node={nproc_per_node} needs GPUs {first}..{first + nproc_per_node - 1}, "
+                         f"but {len(ids)} are visible; use a lower cuda:N or fewer processes")
+    return {**options, "device": "cuda"}, {"CUDA_VISIBLE_DEVICES": ",".join(ids[first:first + nproc_per_node])}
 
 def train_run(options: dict, # the run's trainer options (flat, as `resolve_options` returns them)
               out: str | Path | None = None, # the run folder (None: `options['out']`, or nothing written)
@@ -780,8 +790,10 @@ def train_run(options: dict, # the run's trainer options (flat, as `resolve_opti
 # %% ../nbs/10_experiments.ipynb #013064c3
 def _torchrun_entry(argv: list[str]) -> None:
     "Entry point of each torchrun worker: train the run described by the request file."
+    from ignore_attn.engine import teardown_distributed
     from ignore_attn.train import train
-    train(make_train_config(json.loads(Path(argv[0]).read_text())))
+    try: train(make_train_config(json.loads(Path(argv[0]).read_text())))
+    finally: teardown_distributed()   # leave the process group, also after an error
 
 if __name__ == "__main__" and len(sys.argv) == 2 and sys.argv[1].endswith("request.json"):
     _torchrun_entry(sys.argv[1:])
