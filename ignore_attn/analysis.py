@@ -25,15 +25,16 @@ from .registry import paper_models
 
 # %% auto #0
 __all__ = ['TABLES', 'DATASET_METRICS', 'METRIC_LABELS', 'RUN_MARKERS', 'REPORT_MARKER', 'METRIC_FIELDS', 'RUN_COLUMNS',
-           'HISTORY_KEYS', 'SYNTHETIC_LABEL', 'TABLE_CSS', 'DATASET_LABELS', 'PROBE_FILE', 'paper_results',
-           'canonical_dataset', 'metrics_for', 'table_of', 'method_order', 'find_run_dirs', 'read_run', 'collect_runs',
-           'write_demo_runs', 'load_history', 'labelled', 'PaperTable', 'ours_text', 'paper_text', 'p_text',
-           'run_metric', 'welch_p', 'counterpart', 'paper_table', 'table_html', 'run_groups', 'save_figure',
-           'loss_curves_figure', 'paper_value', 'error_figure', 'cost_figure', 'load_run_model', 'grad_cam',
-           'cam_layer', 'attention_masks', 'attention_stages', 'channel_mask_frame', 'channel_mask_figure',
-           'ignoring_maps', 'border_band', 'border_centre_table', 'stage_ignoring', 'spatial_mask_figure',
-           'grad_cam_figure', 'distractor_table', 'ProbeBatch', 'probe_model', 'probe_callback', 'load_probes',
-           'probe_figure', 'control_table', 'ignoring_verdict', 'attention_report', 'summarize_stages', 'run_images']
+           'RUN_FILES_READ', 'HISTORY_KEYS', 'SYNTHETIC_LABEL', 'TABLE_CSS', 'DATASET_LABELS', 'PROBE_FILE',
+           'paper_results', 'canonical_dataset', 'metrics_for', 'table_of', 'method_order', 'find_run_dirs',
+           'stays_in_run', 'read_run', 'collect_runs', 'write_demo_runs', 'load_history', 'labelled', 'PaperTable',
+           'ours_text', 'paper_text', 'p_text', 'run_metric', 'welch_p', 'counterpart', 'paper_table', 'table_html',
+           'run_groups', 'save_figure', 'loss_curves_figure', 'paper_value', 'error_figure', 'cost_figure',
+           'load_run_model', 'grad_cam', 'cam_layer', 'attention_masks', 'attention_stages', 'channel_mask_frame',
+           'channel_mask_figure', 'ignoring_maps', 'border_band', 'border_centre_table', 'stage_ignoring',
+           'spatial_mask_figure', 'grad_cam_figure', 'distractor_table', 'ProbeBatch', 'probe_model', 'probe_callback',
+           'load_probes', 'probe_figure', 'control_table', 'ignoring_verdict', 'attention_report', 'summarize_stages',
+           'run_images']
 
 # %% ../nbs/11_analysis.ipynb #c206c968
 def paper_results() -> pd.DataFrame:
@@ -151,6 +152,16 @@ def _canonical_attention(a):
     try: return str(parse_spec(a))
     except (TypeError, ValueError): return a
 
+# %% ../nbs/11_analysis.ipynb #7e1a5c01
+RUN_FILES_READ = ("config.json", "metrics.json", "error.txt", "history.csv", "train.ipynb")  # what the report reads or copies
+
+def stays_in_run(path, # a file of a run folder
+                 run_dir, # the run folder
+                ) -> bool: # False for a link (or a link above it) that leads out of the run folder
+    "Whether `path` really lies inside `run_dir`: a run folder is untrusted, and a link to a private file must not be read."
+    try: return Path(path).resolve().is_relative_to(Path(run_dir).resolve())
+    except (OSError, RuntimeError): return False   # a link loop
+
 # %% ../nbs/11_analysis.ipynb #808350fc
 def read_run(run_dir,   # a run folder (config.json, metrics.json, history.csv, error.txt ...)
              root=None, # the folder run_id is relative to (None: run_dir's parent)
@@ -158,14 +169,16 @@ def read_run(run_dir,   # a run folder (config.json, metrics.json, history.csv, 
     "One row of `collect_runs`: the run's identity, status, error and metrics, read from its files."
     d = Path(run_dir); root = Path(root) if root is not None else d.parent
     row = dict.fromkeys(RUN_COLUMNS)
+    linked = [n for n in RUN_FILES_READ if (d / n).is_symlink() and not stays_in_run(d / n, d)]
     row.update(run_id=d.relative_to(root).as_posix() if d != root else d.name, run_dir=str(d),
-               has_history=(d / "history.csv").exists(), has_notebook=(d / "train.ipynb").exists(), synthetic=False)
-    problems = []
+               has_history=(d / "history.csv").exists() and "history.csv" not in linked,
+               has_notebook=(d / "train.ipynb").exists() and "train.ipynb" not in linked, synthetic=False)
+    problems = [f"{n} is a link out of the run folder; not read" for n in linked]   # never its target's content
     config = metrics = None
-    if (d / "config.json").exists():
+    if (d / "config.json").exists() and "config.json" not in linked:
         config, why = _read_json(d / "config.json")
         if why: problems.append(why)
-    if (d / "metrics.json").exists():
+    if (d / "metrics.json").exists() and "metrics.json" not in linked:
         metrics, why = _read_json(d / "metrics.json")
         if why: problems.append(why)
         elif not isinstance(metrics.get("test_top1_err"), (int, float)):

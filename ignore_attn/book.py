@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_book.ipynb #e771e073
 from __future__ import annotations
-import argparse, copy, hashlib, html, json, os, re, shutil, sys, tempfile, time
+import argparse, copy, dataclasses, hashlib, html, json, os, re, shutil, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from configparser import ConfigParser
 from dataclasses import dataclass
@@ -428,36 +428,35 @@ class Book:
         return f'<div class="notice info book-links">This chapter explains, in the report: {links}.</div>'
 
 # %% ../nbs/15_book.ipynb #8cd9b866
-def _prepare_book_dir(out_dir) -> Path:
-    "Create or clean the book's folder; refuse one that holds files but no earlier book."
-    out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"book output {str(out)!r} is a file; pass a folder for --out (e.g. _docs)")
-    if out.exists() and any(out.iterdir()) and not (out / BOOK_MARKER).exists():
-        raise FileExistsError(f"book output {str(out)!r} holds files that are not a book; refusing to overwrite them. "
-                              "Pass a new or empty folder for --out (e.g. _docs)")
-    if out.exists(): shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / BOOK_MARKER).write_text("built by ignore_attn.book; this folder is rebuilt on every `ignore-attn docs`\n")
-    return out
-
 def render_book(out_dir, # the book's folder (rebuilt); inside a report site: <report>/book
                 nbs_dir=None, # the notebooks folder (default: this checkout's nbs/)
                 report_home=None, # the report's index.html when the book is part of a report site
                 log=print, # progress messages
                ) -> Book: # the pages written; `.home` is the first
     "Render every notebook of the book, with its committed outputs (nothing runs), as static pages that open from disk."
-    import nbformat
-    from ignore_attn.report import REPORT_HEADER, render_notebook
+    from ignore_attn.report import site_build
     notebooks = book_notebooks(nbs_dir)
     if not notebooks: raise FileNotFoundError(f"no notebooks (index.ipynb, NN_name.ipynb) in {nbs_dir}")
     mathjax = mathjax_source()                        # before anything is written: a missing MathJax fails early
-    out = _prepare_book_dir(out_dir)
+    t0 = time.perf_counter()
+    with site_build(out_dir, BOOK_MARKER, "book", "_docs") as build:   # the earlier book stays until this one is whole
+        book = _write_book(build, notebooks, mathjax, report_home)
+    final = Path(out_dir).expanduser()
+    moved = lambda p: final / Path(p).relative_to(build)
+    book = Book(final, [dataclasses.replace(p, html=moved(p.html)) for p in book.pages],
+                moved(book.report_home) if book.report_home is not None and Path(book.report_home).is_relative_to(build)
+                else book.report_home)
+    log(f"book: {len(book.pages)} pages in {time.perf_counter() - t0:.0f} s: {book.home}")
+    return book
+
+def _write_book(out: Path, notebooks: list[Path], mathjax: Path, report_home) -> Book:
+    "The book's pages written into the new folder `out` (`render_book`)."
+    import nbformat
+    from ignore_attn.report import REPORT_HEADER, render_notebook
     static = out / "_static" / "mathjax"; static.mkdir(parents=True)
     shutil.copy2(mathjax, static / MATHJAX_FILE)
     if (mathjax.parents[1] / "LICENSE").is_file(): shutil.copy2(mathjax.parents[1] / "LICENSE", static / "LICENSE")
-    t0, read = time.perf_counter(), {}
-    pages = []
+    read, pages = {}, []
     for path in notebooks:
         try: read[path] = nbformat.read(path, as_version=4)
         except (OSError, ValueError): pass             # render_notebook shows why it cannot be read
@@ -472,8 +471,7 @@ def render_book(out_dir, # the book's folder (rebuilt); inside a report site: <r
     for p in pages:
         render_notebook(read.get(p.notebook, p.notebook), p.html, f"{p.title} - ignore-attn", home,
                         intro=book.report_links(p.stem), prepare=reader_view, sidebar=book.sidebar(out, p.stem),
-                        head=head, header=header, extra_css=BOOK_CSS)
-    log(f"book: {len(pages)} pages in {time.perf_counter() - t0:.0f} s: {book.home}")
+                        head=head, header=header, extra_css=BOOK_CSS, trusted=True)   # the project's own notebooks
     return book
 
 # %% ../nbs/15_book.ipynb #bf1c8103

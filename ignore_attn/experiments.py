@@ -16,9 +16,9 @@ __all__ = ['GRID_KEYS', 'META_KEYS', 'RUN_KEYS', 'SWEEPS', 'PROTOCOL_KEYS', 'STA
            'make_train_config', 'resolve_options', 'protocol_table', 'Run', 'spec_slug', 'run_id', 'expand',
            'check_models', 'merge_runs', 'load_sweep', 'sweep_table', 'running_elsewhere', 'run_status', 'stop_orphan',
            'sweep_status', 'run_parameters', 'experiment_notebook', 'notebook_for', 'stop_runs', 'thread_env',
-           'execute_run', 'device_slots', 'check_workers_see', 'run_sweep', 'launch_command', 'train_run',
-           'parse_overrides', 'add_sweep_arguments', 'add_placement_arguments', 'placement', 'sweep_runs', 'sweep_main',
-           'quick_overrides', 'add_reproduce_arguments', 'reproduce_main']
+           'execute_run', 'device_slots', 'check_workers_see', 'dask_client', 'run_sweep', 'launch_command',
+           'train_run', 'parse_overrides', 'add_sweep_arguments', 'add_placement_arguments', 'placement', 'sweep_runs',
+           'sweep_main', 'quick_overrides', 'add_reproduce_arguments', 'reproduce_main']
 
 # %% ../nbs/10_experiments.ipynb #50eb3fcf
 GRID_KEYS = ("datasets", "archs", "attentions", "seeds")
@@ -138,11 +138,14 @@ def check_sweep(sweep: dict,        # the sweep's keys: grid keys, meta keys and
         out[k] = _as_list(out[k])
         if not out[k]: raise ValueError(f"{name}: {k!r} is empty; give at least one value")
     for s in out["attentions"]:
+        if not isinstance(s, str):   # e.g. `attentions: [[se]]`, a list in the list
+            raise ValueError(f"{name}: each attention must be a spec such as se or 'se-ign1(0.5)', got {s!r}")
         try: parse_spec(s)
         except ValueError as e: raise ValueError(f"{name}: bad attention {s!r}: {e}") from None
+    from ignore_attn.train import MAX_SEED
     for s in out["seeds"]:
-        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-            raise ValueError(f"{name}: seeds must be non-negative integers, got {s!r}")
+        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SEED:
+            raise ValueError(f"{name}: seeds must be integers from 0 to 2**63-1, got {s!r}")
     for k in ("datasets", "archs"):  # they become folders <dataset>/<arch>/... under --out
         for v in out[k]: _folder_name(name, k[:-1], v)
     _check_options(out, name)
@@ -433,6 +436,12 @@ def _inside(d: Path, out: Path) -> Path:
         raise ValueError(f"run folder {d} is not inside --out {out}; run names must not climb out of it")
     return d
 
+def _error_line(e: BaseException) -> str:
+    "One line for an exception; for a cell that failed in the notebook, its own `ename: evalue` (papermill's wrapper says nothing)."
+    if getattr(e, "ename", None):   # PapermillExecutionError
+        return " ".join(f"{e.ename}: {e.evalue} (in cell {getattr(e, 'exec_count', '?')} of the notebook)".split())
+    return " ".join(f"{type(e).__name__}: {e}".split())
+
 def _record_error(d: Path, error: str, detail: str) -> str:
     "Write error.txt in the run folder; returns the error, saying so when even that could not be written."
     try:
@@ -498,7 +507,7 @@ def execute_run(run: Run,                         # the run
             if run_status(d) != "done": error = "the notebook finished but metrics.json does not say the run is done"
         except BaseException as e:  # an interrupted run must also stay resumable
             ctrl_c = isinstance(e, KeyboardInterrupt)  # (only when this runs in the main thread)
-            if not (entry["stopped"] or ctrl_c): error, detail = f"{type(e).__name__}: {e}", traceback.format_exc()
+            if not (entry["stopped"] or ctrl_c): error, detail = _error_line(e), traceback.format_exc()
         finally:
             beat.stop()
             with _ACTIVE_GUARD: _ACTIVE.pop(str(d), None); _THIS_RUN.entry = None
@@ -651,6 +660,24 @@ def _summary(states: list[str]) -> str:
     "'3 done, 1 running elsewhere, ...'."
     return ", ".join(f"{n} {'running elsewhere' if s == 'running' else s}" for s, n in _counts(states).items())
 
+def dask_client(scheduler, # a Dask scheduler address (tcp://host:8786), or a Client (returned as it is)
+                timeout: float = 5.0, # seconds to reach the scheduler (a refused connection is retried until then)
+               ):
+    "A Client of the scheduler, or one ValueError within `timeout` s saying that it cannot be reached (no retries, no tracebacks)."
+    import logging
+    from distributed import Client
+    if isinstance(scheduler, Client): return scheduler
+    loggers = [logging.getLogger(n) for n in ("distributed", "tornado", "asyncio")]
+    levels = [l.level for l in loggers]
+    for l in loggers: l.setLevel(logging.CRITICAL)   # the connection attempts log a traceback each
+    try: return Client(scheduler, timeout=timeout)
+    except Exception as e:
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise ValueError(f"cannot reach the Dask scheduler at {scheduler!r} ({why}); nothing was started: check --scheduler "
+                         "(e.g. tcp://host:8786) and that the scheduler is running") from None
+    finally:
+        for l, v in zip(loggers, levels): l.setLevel(v)
+
 def run_sweep(runs: list[Run],                   # the runs (expand, merge_runs)
               out: str | Path,                   # their output folder (relative: to this process's working directory)
               jobs: int = 1,                     # local slots
@@ -668,7 +695,13 @@ def run_sweep(runs: list[Run],                   # the runs (expand, merge_runs)
     slots = device_slots(jobs, gpus, runs_per_gpu)
     notebook = Path(notebook).resolve() if notebook else None  # None: each run picks its own (notebook_for)
     if notebook is None and runs: notebook_for(runs[0])  # missing notebooks: an error before any run starts
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder; nothing was written: pass the runs folder (e.g. runs)")
+    client = dask_client(scheduler) if scheduler is not None else None   # an unreachable cluster: refused before sweep.json
+    try: out.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        if client is not scheduler: client.close()
+        raise
     _write_json(out / "sweep.json", [dict(run_id=r.run_id, **r.options) for r in runs])
     for r in runs:  # a killed sweep's kernels must not write into the runs this one resumes
         if stop_orphan(out / r.run_id): print(f"stopped the orphaned kernel of {r.run_id}")
@@ -693,7 +726,7 @@ def run_sweep(runs: list[Run],                   # the runs (expand, merge_runs)
             if res["state"] == "running": bar.write(f"skipped {res['run_id']}: {res['error']}")  # shown with or without a bar
             elif res["state"] == "failed" and not progress: print(f"failed: {res['run_id']}: {res['error']}", flush=True)
         try:
-            backend = (_DaskRuns(todo, out, notebook, scheduler, gpu, sweep) if scheduler is not None
+            backend = (_DaskRuns(todo, out, notebook, client, gpu, sweep) if client is not None
                        else _LocalRuns(todo, out, notebook, slots, sweep))
             while len(results) < len(todo):
                 res = backend.next(0.5)
@@ -712,6 +745,7 @@ def run_sweep(runs: list[Run],                   # the runs (expand, merge_runs)
         finally:
             bar.close()
             if backend is not None: backend.close()
+    if client is not None and client is not scheduler: client.close()   # our own connection
     status = sweep_status(runs, out)
     for i, rid in enumerate(status.run_id):  # what this sweep saw says more than the folder can
         res = results.get(rid)                # (a failure that could not write error.txt; an interruption)

@@ -31,6 +31,9 @@ def _check_out(out: Path, run_dir: Path) -> None:
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
         raise ValueError(f"export folder {out} lies inside the run folder {run_dir}, where the report would take its "
                          "config.json for a run; choose a folder outside the runs tree (the default is exports/<run name>)")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"export folder {out} is a file, not a folder; nothing was written: pass a folder for --out "
+                         "(e.g. exports/<run name>)")
     cfg = out / CONFIG_NAME
     if not cfg.exists(): return
     try: old = json.loads(cfg.read_text())

@@ -4,45 +4,110 @@
 
 # %% ../nbs/12_report.ipynb #c10565e3
 from __future__ import annotations
-import argparse, html, json, os, shutil, string, subprocess, sys, time, warnings
+import argparse, html, json, os, re, shutil, string, subprocess, sys, time, warnings
+from contextlib import contextmanager
+from glob import escape as glob_escape
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import quote
 
 import pandas as pd
 
-from .analysis import (REPORT_MARKER, TABLES, TABLE_CSS, DATASET_LABELS, METRIC_LABELS, collect_runs, cost_figure,
+from .analysis import (REPORT_MARKER, stays_in_run, TABLES, TABLE_CSS, DATASET_LABELS, METRIC_LABELS, collect_runs, cost_figure,
                                   load_history, loss_curves_figure, metrics_for, paper_results, paper_table,
                                   run_groups, save_figure, error_figure)
+from .engine import RunLock, RunLocked, describe_holder
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'SITE_CSS', 'IMAGE_CHECK_JS', 'REPORT_HEADER', 'PAGE', 'ANALYSIS_HELP', 'QUARTO_MODES',
-           'DEFAULT_QUARTO_YML', 'href', 'page', 'render_notebook', 'summary_section', 'tables_section',
-           'figures_section', 'copy_run_files', 'render_run_notebooks', 'runs_section', 'analysis_notebook',
-           'run_analysis', 'analysis_caption', 'analysis_section', 'default_results_dir', 'performance_section',
-           'quarto_yml', 'build_report', 'local_links', 'missing_links', 'add_report_arguments', 'report_main',
-           'report_command']
+__all__ = ['RUN_FILES', 'SAFE_TAGS', 'SAFE_ATTRIBUTES', 'SITE_CSS', 'IMAGE_CHECK_JS', 'REPORT_HEADER', 'PAGE', 'ANALYSIS_HELP',
+           'QUARTO_MODES', 'DEFAULT_QUARTO_YML', 'SiteInUse', 'site_build', 'href', 'sanitize_html', 'page',
+           'render_notebook', 'summary_section', 'tables_section', 'figures_section', 'copy_run_files',
+           'render_run_notebooks', 'runs_section', 'analysis_notebook', 'run_analysis', 'analysis_caption',
+           'analysis_section', 'default_results_dir', 'performance_section', 'quarto_yml', 'build_report',
+           'local_links', 'missing_links', 'add_report_arguments', 'report_main', 'report_command']
 
 # %% ../nbs/12_report.ipynb #a2574056
 RUN_FILES = ("metrics.json", "history.csv", "config.json", "error.txt")
 
-def _prepare_out(out_dir) -> Path:
-    "Create or clean the report folder; refuse one that holds files but no earlier report."
+class SiteInUse(ValueError):
+    "A site folder that another build is writing now."
+
+def _exchange(a: Path, b: Path) -> bool:
+    "Swap two paths in one step (Linux `renameat2(RENAME_EXCHANGE)`); False where the system cannot."
+    import ctypes
+    try: renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError): return False
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    return renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
+
+def _swap_in(new: Path, out: Path) -> None:
+    "Put the finished site `new` at `out`: one exchange where the OS can, else two renames; then delete the old site."
+    if out.exists() and _exchange(new, out):
+        shutil.rmtree(new)   # `new` now names the old site
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists(): os.rename(out, old)   # a kill right here leaves the old site at `old`: the next build puts it back
+    os.rename(new, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+def _leftovers(out: Path, kind: str) -> list[Path]:
+    return sorted(out.parent.glob(f".{glob_escape(out.name)}.{kind}-*"))
+
+@contextmanager
+def site_build(out_dir, # the site's folder: new, empty, or an earlier build of the same kind (holding `marker`)
+               marker: str = REPORT_MARKER, # the file that marks a folder as a site of this kind
+               what: str = "report", # the kind of site, for messages
+               example: str = "_report", # an --out to suggest
+              ) -> Iterator[Path]: # a new folder beside `out_dir` holding `marker`, to build the site in
+    "Build a site in a folder beside `out_dir` under a lock, then swap it in whole: a build killed at any moment leaves the earlier site as it was."
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"report output {str(out)!r} is a file; pass a folder for --out (e.g. _report)")
-    if out.exists() and any(out.iterdir()) and not (out / REPORT_MARKER).exists():
-        raise FileExistsError(f"report output {str(out)!r} holds files that are not a report; refusing to overwrite "
-                              "them. Pass a new or empty folder for --out (e.g. _report)")
-    if out.exists():
-        for p in out.iterdir():
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT_MARKER).write_text("built by ignore_attn.report; this folder is rebuilt on every `ignore-attn report`\n")
-    return out
+        raise NotADirectoryError(f"{what} output {str(out)!r} is a file; pass a folder for --out (e.g. {example})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try: lock = RunLock(out.parent / f".{out.name}.lock").acquire()
+    except RunLocked as e:
+        raise SiteInUse(f"{what} output {str(out)!r} is being built by another process: {describe_holder(e.holder)}. "
+                        "Nothing was changed; wait until that build ends, or pass another --out") from None
+    build = out.with_name(f".{out.name}.build-{os.getpid()}")
+    try:
+        old = _leftovers(out, "old")
+        if old and not out.exists(): os.rename(old[-1], out)   # a build was killed between its two renames
+        for p in _leftovers(out, "build") + _leftovers(out, "old"): shutil.rmtree(p, ignore_errors=True)  # killed builds'
+        if out.exists() and any(out.iterdir()) and not (out / marker).exists():
+            raise FileExistsError(f"{what} output {str(out)!r} holds files that are not a {what}; refusing to overwrite "
+                                  f"them. Pass a new or empty folder for --out (e.g. {example})")
+        build.mkdir()
+        (build / marker).write_text(f"built by ignore_attn; this folder is rebuilt on every `ignore-attn` {what}\n")
+        yield build
+        _swap_in(build, out)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)   # a build that failed: the earlier site stays
+        lock.release()
 
 def href(target: Path, start: Path) -> str:
     "The relative, URL-quoted link from the folder `start` to `target`."
     return quote(Path(os.path.relpath(target, start)).as_posix())
+
+# %% ../nbs/12_report.ipynb #5a1e0c02
+SAFE_TAGS = frozenset("a abbr b blockquote br caption code del details div em h1 h2 h3 h4 h5 h6 hr i img kbd li ol p "
+                      "pre s small span strong sub summary sup table tbody td tfoot th thead tr u ul".split())
+SAFE_ATTRIBUTES = frozenset("alt class colspan height href id rowspan src title width".split())
+
+def _safe_attribute(tag: str, name: str, value: str) -> bool:
+    "An allowed attribute: no event handler or style; links only to http(s), mailto, anchors, relative paths; data: only for images."
+    if name not in SAFE_ATTRIBUTES: return False
+    if name not in ("href", "src"): return True
+    v = "".join(c for c in value if c.isprintable() and not c.isspace()).lower()  # browsers skip these in a scheme
+    head = v.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    scheme = head.split(":", 1)[0] if ":" in head else ""
+    return scheme in ("", "http", "https", "mailto") or (tag == "img" and name == "src" and v.startswith("data:image/"))
+
+def sanitize_html(text: str, # HTML from an untrusted source (a run folder's notebook)
+                 ) -> str: # the same HTML with only SAFE_TAGS and their safe attributes; other tags escaped
+    "HTML made harmless: tags outside SAFE_TAGS are shown as text, scripts, event handlers, styles and javascript: links dropped."
+    import bleach
+    text = re.sub(r"<style\b[^>]*>.*?</style\s*>", "", str(text), flags=re.S | re.I)  # pandas' table CSS: noise, not content
+    return bleach.clean(text, tags=SAFE_TAGS, attributes=_safe_attribute, protocols=["http", "https", "mailto", "data"])
 
 # %% ../nbs/12_report.ipynb #729a4f24
 def _pygments_css() -> str:
@@ -134,6 +199,7 @@ def render_notebook(ipynb, # an executed notebook: its path, or a notebook node 
                     home: str, # relative link to the report's home page
                     intro: str | None = None, # HTML above the notebook; None: a link back to the report's runs, the title
                     prepare=None, # a function notebook -> notebook applied before rendering (e.g. hide cells)
+                    trusted: bool = False, # True only for the project's own notebooks (the book); False: `sanitize_html`
                     **page_kw, # more of `page`: sidebar, head, header, extra_css
                    ) -> Path: # `html_path`
     "Render an executed notebook as a page of the site (nbconvert's basic template); a note instead if it cannot be read."
@@ -143,7 +209,13 @@ def render_notebook(ipynb, # an executed notebook: its path, or a notebook node 
     name = html.escape(Path(ipynb).name if isinstance(ipynb, (str, os.PathLike)) else title)
     try:
         nb = nbformat.read(str(ipynb), as_version=4) if isinstance(ipynb, (str, os.PathLike)) else ipynb
-        body, _ = HTMLExporter(template_name="basic").from_notebook_node(prepare(nb) if prepare else nb)
+        if trusted: exporter = HTMLExporter(template_name="basic")
+        else:  # nbconvert cleans markdown and HTML outputs; sanitize_html then cleans every tag the template wrote
+            if "sanitize_html" not in HTMLExporter.class_trait_names():
+                raise ImportError("this nbconvert cannot sanitise HTML; upgrade it (pip install -U nbconvert)")
+            exporter = HTMLExporter(template_name="basic", sanitize_html=True, filters={"clean_html": sanitize_html})
+        body, _ = exporter.from_notebook_node(prepare(nb) if prepare else nb)
+        if not trusted: body = sanitize_html(body)
     except Exception as e:  # a damaged notebook must not stop the report
         body = (f'<div class="notice">{name} cannot be rendered: '
                 f"{html.escape(type(e).__name__)}: {html.escape(str(e).splitlines()[0] if str(e) else '')}</div>")
@@ -249,7 +321,7 @@ def copy_run_files(runs: pd.DataFrame, # collected runs (`collect_runs`)
         files = {}
         for name in RUN_FILES:
             src = Path(r.run_dir) / name
-            if src.is_file():
+            if src.is_file() and stays_in_run(src, r.run_dir):   # never a link to a file outside
                 dest.mkdir(parents=True, exist_ok=True)
                 files[name] = Path(shutil.copy2(src, dest / name))
         copied[r.run_id] = files
@@ -439,9 +511,7 @@ def _quarto_build(out: Path, sections: list[tuple[str, str, str]], runs: pd.Data
     for name in ("figures", "runs"):
         if (out / name).exists(): shutil.copytree(out / name, src / name)
     for f in [*out.glob("*.csv"), *out.glob("analysis.ipynb")]: shutil.copy2(f, src / f.name)
-    for r in runs[runs["has_notebook"].astype(bool)].itertuples():
-        (src / "runs" / r.run_id).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(Path(r.run_dir) / "train.ipynb", src / "runs" / r.run_id / "train.ipynb")
+    # the runs' notebooks are not given to Quarto: they are untrusted, and render_run_notebooks has sanitised them
     qmd = ['---', 'title: "ignore-attn: reproduction report"', '---', '']
     for anchor, title, body in sections:
         qmd += [f"## {title} {{#{anchor}}}" if title else "", "", "```{=html}", TABLE_CSS if anchor == "tables" else "", body, "```", ""]
@@ -471,13 +541,21 @@ def build_report(runs_dir, # folder holding the run folders, at any depth
         runs = collect_runs(runs_dir)  # a missing folder raises here, before anything is written
     for w in caught: log(f"warning: {w.message}")
     use_quarto = _use_quarto(quarto)
-    out = _prepare_out(out_dir)
+    with site_build(out_dir, REPORT_MARKER, "report", "_report") as build:  # the earlier site stays until this one is whole
+        home = _write_report(build, runs, runs_dir, paper, quarto, use_quarto, analysis, log, results_dir, book)
+    home = Path(out_dir).expanduser() / home.relative_to(build)
+    log(f"report built in {time.time() - t0:.0f} s: {home.resolve().as_uri()}")
+    return home
+
+def _write_report(out: Path, runs: pd.DataFrame, runs_dir: Path, paper, quarto, use_quarto: bool, analysis, log,
+                  results_dir, book) -> Path:
+    "The report site of `runs` written into the new folder `out` (`build_report`); returns its home page."
     site_book = book(out / "book", report_home=out / "index.html", log=log) if book else None  # e.g. ignore_attn.book.render_book: the book in the same site
     paper = paper_results() if paper is None else paper
     log(f"report: {len(runs)} runs under {runs_dir} ({', '.join(f'{n} {s}' for s, n in runs['status'].value_counts().items()) or 'none'})")
     runs.to_csv(out / "runs.csv", index=False)
     files = copy_run_files(runs, out)
-    pages = render_run_notebooks(runs, out, log) if not use_quarto else {}
+    pages = render_run_notebooks(runs, out, log)   # sanitised, also with Quarto (which would pass raw HTML through)
     history = load_history(runs[runs["status"] == "done"])
     log("  tables and figures ...")
     tables = tables_section(runs, paper, (lambda key: site_book.table_links(key, out)) if site_book else None)
@@ -489,8 +567,6 @@ def build_report(runs_dir, # folder holding the run folders, at any depth
             render_notebook(executed, out / "analysis.html", "Attention analysis (nbs/experiments/report.ipynb)", "index.html")
         if why: log(f"  warning: analysis notebook: {why}")
     built = time.strftime("%Y-%m-%d %H:%M")
-    if use_quarto:  # Quarto renders the notebooks itself: link to the pages it will write
-        pages = {r.run_id: out / "runs" / r.run_id / "train.html" for r in runs[runs["has_notebook"].astype(bool)].itertuples()}
     sections = [("summary", "", summary_section(runs, runs_dir, built)), ("tables", "Tables", tables),
                 ("figures", "Figures", figures), ("analysis", "Attention analysis", analysis_section(out, executed, why)),
                 ("runs", "Runs", runs_section(runs, out, pages, files)),
@@ -502,17 +578,13 @@ def build_report(runs_dir, # folder holding the run folders, at any depth
             if quarto == "always": raise
             log(f"  warning: quarto failed ({e}); building with the pure-Python renderer instead")
             shutil.rmtree(out / "_quarto_src", ignore_errors=True)
-            render_run_notebooks(runs, out, log)
-            pages = {r.run_id: out / "runs" / r.run_id / "train.html" for r in runs[runs["has_notebook"].astype(bool)].itertuples()}
             if executed is not None: render_notebook(executed, out / "analysis.html", "Attention analysis", "index.html")
-            sections[[s[0] for s in sections].index("runs")] = ("runs", "Runs", runs_section(runs, out, pages, files))
     if home is None:
         body = "\n".join((f'<section id="{a}">' + (f"<h2>{html.escape(t)}</h2>" if t else "") + f"\n{b}\n</section>")
                          for a, t, b in sections)
         home = out / "index.html"
         home.write_text(page("ignore-attn: reproduction report", body, sidebar=site_book.sidebar(out) if site_book else ""),
                         encoding="utf-8")
-    log(f"report built in {time.time() - t0:.0f} s: {home.resolve().as_uri()}")
     return home
 
 # %% ../nbs/12_report.ipynb #6cf16052

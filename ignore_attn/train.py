@@ -29,9 +29,9 @@ from .engine import (CorruptCheckpointError, RunDir, RunDirConflict, Runtime, Tr
                                 setup_distributed, train_one_epoch)
 
 # %% auto #0
-__all__ = ['PRESETS', 'SCHEDULE_NAMES', 'AMP_MODES', 'L2_MODES', 'CHECKPOINT_FORMAT', 'Schedule', 'TrainConfig', 'resolve_config',
-           'make_schedule', 'config_to_dict', 'config_from_dict', 'param_groups', 'versions', 'Run', 'setup_run',
-           'model_options', 'load_stream_checkpoints', 'train']
+__all__ = ['PRESETS', 'SCHEDULE_NAMES', 'AMP_MODES', 'L2_MODES', 'MAX_SEED', 'CHECKPOINT_FORMAT', 'Schedule', 'TrainConfig',
+           'resolve_config', 'make_schedule', 'config_to_dict', 'config_from_dict', 'param_groups', 'versions', 'Run',
+           'setup_run', 'model_options', 'load_stream_checkpoints', 'train']
 
 # %% ../nbs/09_train.ipynb #7f51b4d2
 PRESETS: dict[str, dict] = {
@@ -147,6 +147,11 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     if out.nesterov and out.momentum == 0: raise ValueError("nesterov needs momentum > 0; drop nesterov or set momentum")
     if not out.weight_decay >= 0: raise ValueError(f"weight_decay must be >= 0, got {out.weight_decay}")
     if not isinstance(out.seed, int) or out.seed < 0: raise ValueError(f"seed must be a non-negative integer, got {out.seed!r}")
+    if out.seed > MAX_SEED: raise ValueError(f"seed must be at most 2**63-1 = {MAX_SEED} (torch keeps a seed in 64 bits), got {out.seed}")
+    _check_device(out.device)
+    size = out.data.image_size
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        raise ValueError(f"image_size must be a positive number of pixels, got {size!r}")
     return _check_streams(out)
 
 def _check_streams(cfg: TrainConfig) -> TrainConfig:
@@ -165,6 +170,15 @@ def _check_streams(cfg: TrainConfig) -> TrainConfig:
     for k, v in weights.items():
         if not isinstance(v, (str, os.PathLike)): raise TypeError(f"{k} must be a file path, got {type(v).__name__} {v!r}")
     return replace(cfg, **{k: str(Path(v).expanduser()) for k, v in weights.items()})
+
+MAX_SEED = 2**63 - 1   # torch.manual_seed takes a signed 64-bit integer
+
+def _check_device(device) -> None:
+    "Refuse a device name torch does not know (checked up front: a sweep's runs would each fail in their kernel)."
+    if device == "auto": return
+    try: torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
 
 def _check_choice(name: str, value, choices) -> None:
     "Raise a ValueError naming the valid choices when `value` is not one of them."

@@ -284,7 +284,8 @@ def test_quarto_path_writes_sources_and_copies_the_site(real_runs, tmp_path, mon
     assert "output-dir: _site" in (src / "_quarto.yml").read_text()
     qmd = (src / "index.qmd").read_text()
     assert "## Tables {#tables}" in qmd and 'class="paper-table"' in qmd and "runs/cluttered-digits/resnet8-cifar/se/seed0/train.html" in qmd
-    assert (src / "runs/cluttered-digits/resnet8-cifar/se/seed0/train.ipynb").is_file()
+    assert not (src / "runs/cluttered-digits/resnet8-cifar/se/seed0/train.ipynb").exists()  # untrusted: not given to Quarto
+    assert (tmp_path / "site/runs/cluttered-digits/resnet8-cifar/se/seed0/train.html").is_file()   # sanitised by nbconvert
     assert (tmp_path / "site/runs/cluttered-digits/resnet8-cifar/se/seed0/metrics.json").is_file()
 
 
