@@ -22,6 +22,8 @@ from scipy import stats
 from .flip import CONTROL_KINDS, KINDS, all_specs, parse_spec
 from .attention import AttentionBlock, record_masks
 from .registry import paper_models
+from .registry import unwrap_model
+
 
 # %% auto #0
 __all__ = ['TABLES', 'DATASET_METRICS', 'METRIC_LABELS', 'RUN_MARKERS', 'REPORT_MARKER', 'METRIC_FIELDS', 'RUN_COLUMNS',
@@ -635,6 +637,7 @@ def grad_cam(model: nn.Module,      # the network (put in eval mode for the pass
              size: tuple[int, int] | None = None, # (H, W) of the maps (None: the last two dims of that input)
             ) -> torch.Tensor:       # (N, H, W) in [0, 1]; (N, T, H, W) when the layer sees T frames per sample
     "Grad-CAM maps of `target_layer` for class `class_idx` (default: the predicted class), one per sample (or frame)."
+    model = unwrap_model(model)   # DataParallel / DDP / torch.compile: the network inside, its own names
     several = isinstance(images, (tuple, list))
     inputs = tuple(images) if several else (images,)
     if not inputs or not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in inputs) \
@@ -682,6 +685,7 @@ def cam_layer(model: nn.Module,   # the network
               in_channels: int | None = None, # channels of that input (None: those of the first Conv2d, or 3)
              ) -> nn.Module:
     "The last module on the model's main path whose output is a feature map larger than 1x1 (Grad-CAM's usual layer)."
+    model = unwrap_model(model)   # DataParallel / DDP / torch.compile: the network inside, its own names
     if in_channels is None:  # the input width of the first convolution
         in_channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
     candidates = list(model.named_children())
@@ -706,6 +710,7 @@ def attention_masks(model: nn.Module,    # the network (run in eval mode, withou
                     images: torch.Tensor, # prepared inputs (N, C, H, W) on the model's device
                    ) -> dict:
     "The mask each attention block applies to `images`: {module name: (N, C) tensor, or {'channel', 'spatial'} for CBAM}."
+    model = unwrap_model(model)   # DataParallel / DDP / torch.compile: the network inside, its own names
     was = model.training; model.eval()
     try:
         with torch.no_grad(), record_masks(model) as masks:
@@ -716,6 +721,7 @@ def attention_masks(model: nn.Module,    # the network (run in eval mode, withou
 
 def attention_stages(model: nn.Module) -> dict[str, str]:
     "{attention module name: stage name} from `model.stages()` when the model has it, else the name's first part."
+    model = unwrap_model(model)   # DataParallel / DDP / torch.compile: the network inside, its own names
     names = {id(m): n for n, m in model.named_modules() if isinstance(m, AttentionBlock)}
     out = {}
     if hasattr(model, "stages"):

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from .flip import Spec, parse_spec, flip_mask, const_mask, KINDS
 
 # %% auto #0
-__all__ = ['INITS', 'AttentionBlock', 'init_attention_', 'global_avg_pool', 'broadcast_mask', 'SE', 'CBAMChannel', 'CBAMSpatial',
-           'CBAM', 'make_attention', 'count_attention', 'record_masks']
+__all__ = ['INITS', 'AttentionBlock', 'fx_tracing', 'init_attention_', 'global_avg_pool', 'broadcast_mask', 'SE', 'CBAMChannel',
+           'CBAMSpatial', 'CBAM', 'make_attention', 'count_attention', 'record_masks']
 
 # %% ../nbs/01_attention.ipynb #973593e1
 def _check_spec(spec: str | Spec, kind: str, block: str) -> Spec:
@@ -72,9 +72,17 @@ def _check_sizes(channels: int, reduction: int, reduction_name: str = "reduction
         raise ValueError(f"channels ({channels}) must be >= {reduction_name} ({reduction}); use a smaller {reduction_name}")
     return channels, reduction
 
+_fx = torch.fx._symbolic_trace   # older torch has only is_fx_tracing; newer torch says True there under torch.export too (with a warning)
+_is_symbolic = getattr(_fx, "is_fx_symbolic_tracing", None) or _fx.is_fx_tracing
+
+def fx_tracing() -> bool:
+    "True while `torch.fx` traces symbolically: inputs are then Proxies, so Python-level input checks must not run."
+    return _is_symbolic()
+
 def _check_features(x: torch.Tensor, channels: int, who: str, layout: str, min_rank: int,
                     max_rank: int | None = None) -> None:
-    "Check that `x` is a floating tensor of rank in [min_rank, max_rank] with `channels` on axis 1."
+    "Check that `x` is a floating tensor of rank in [min_rank, max_rank] with `channels` on axis 1 (not while FX traces)."
+    if fx_tracing(): return
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{who} expects a tensor of shape {layout}, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -113,14 +121,14 @@ def init_attention_(module: nn.Module, # an attention block, or any module of Li
 # %% ../nbs/01_attention.ipynb #06950b04
 def global_avg_pool(x: torch.Tensor, # features (N, C, *axes), or (N, C)
                    ) -> torch.Tensor: # (N, C): the mean of each channel
-    "Squeeze `(N, C, *axes)` to `(N, C)` by averaging over every non-channel axis (rank 2 passes through)."
-    return x if x.ndim == 2 else x.flatten(2).mean(-1)
+    "Squeeze `(N, C, *axes)` to `(N, C)` by averaging over every non-channel axis (rank 2: the values themselves)."
+    return x.unsqueeze(-1).flatten(2).mean(-1)   # one trailing axis of 1 makes rank 2 work without a branch on ndim
 
 def broadcast_mask(mask: torch.Tensor, # a channel mask (N, C)
                    x: torch.Tensor, # the features it multiplies, (N, C, *axes)
                   ) -> torch.Tensor: # the same mask viewed as (N, C, 1, ..., 1)
     "Reshape a channel mask `(N, C)` to `(N, C, 1, ..., 1)` so it multiplies features `x` of any rank."
-    return mask.reshape(*mask.shape, *([1] * (x.ndim - mask.ndim)))
+    return mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))   # sizes as values: torch.fx records them
 
 # %% ../nbs/01_attention.ipynb #777716c1
 class SE(AttentionBlock):
@@ -222,7 +230,7 @@ class CBAM(AttentionBlock):
         const = self.spec.is_const
         channel_mask = const_mask(x.shape[:2], x) if const else flip_mask(self.channel(x), self.spec)
         x = x * channel_mask[:, :, None, None]
-        spatial_mask = const_mask((x.shape[0], 1, *x.shape[2:]), x) if const else flip_mask(self.spatial(x), self.spec)
+        spatial_mask = const_mask(x[:, :1].shape, x) if const else flip_mask(self.spatial(x), self.spec)
         self._remember({"channel": channel_mask, "spatial": spatial_mask})
         return x * spatial_mask
 

@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm   # the text bar: the same in a terminal, a log and a notebook
+from .registry import unwrap_model   # the one helper that takes DDP / DataParallel / torch.compile shells off
 
 # %% auto #0
 __all__ = ['KILL_AT_ENV', 'LOCK_FILE', 'RUNNER_LOCK_FILE', 'RUNNER_TOKEN_ENV', 'HEARTBEAT_S', 'STALE_AFTER_S', 'RUNTIME_KEYS',
@@ -506,12 +507,7 @@ class WithLoss(nn.Module):
         with torch.no_grad(): logits = self.model(x)   # accuracy on the model's output (a second, gradient-free pass)
         return loss, logits
 
-def _unwrap(net: nn.Module) -> nn.Module:
-    "The module inside DDP and torch.compile wrappers."
-    while True:
-        if isinstance(net, nn.parallel.DistributedDataParallel): net = net.module
-        elif hasattr(net, "_orig_mod") and type(net).__name__ == "OptimizedModule": net = net._orig_mod
-        else: return net
+_unwrap = unwrap_model   # the old name, still imported elsewhere
 
 def topk_correct(logits: torch.Tensor, # (N, classes)
                  y: torch.Tensor,      # (N,) int64 labels
@@ -534,9 +530,9 @@ def check_capturable(optimizer: torch.optim.Optimizer, # the optimiser a CUDA gr
 class TrainStep:
     "One SGD step on a batch (forward, loss, backward, update): eager, or replayed from a captured CUDA graph."
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, rt: Runtime, warmup: int = 3):
-        if not isinstance(_unwrap(net), WithLoss) and has_own_loss(net): net = WithLoss(net)
+        if not isinstance(unwrap_model(net), WithLoss) and has_own_loss(net): net = WithLoss(net)
         self.net, self.optimizer, self.rt, self.warmup = net, optimizer, rt, warmup
-        self.own_loss = isinstance(_unwrap(net), WithLoss)
+        self.own_loss = isinstance(unwrap_model(net), WithLoss)
         self.use_graph, self.graph, self.eager_steps = rt.cuda_graphs and not self.own_loss, None, 0
         if self.use_graph: check_capturable(optimizer)   # now, not as a failed capture after the warm-up
         # Capture turns autocast's weight cache off; every step of a graph-using TrainStep does the same, so a

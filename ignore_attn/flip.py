@@ -60,7 +60,7 @@ def const_mask(shape: tuple[int, ...], # the mask's shape, e.g. (N, C)
                like: torch.Tensor, # any tensor: the mask takes its dtype and device
               ) -> torch.Tensor: # `CONST_MASK` everywhere; no gradient flows through it
     "The `const` control's mask: `CONST_MASK` everywhere, of `shape`, on the dtype and device of `like`, without gradient."
-    return like.new_full(tuple(shape), CONST_MASK)
+    return like.new_full(shape, CONST_MASK)   # `shape` as given: a traced torch.Size stays symbolic under torch.fx
 
 # %% ../nbs/00_flip.ipynb #9d13f001
 @dataclass(frozen=True)

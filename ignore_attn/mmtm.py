@@ -9,7 +9,7 @@ from torch import nn
 import torch.nn.functional as F
 from .flip import Spec, flip_mask
 from .attention import (AttentionBlock, init_attention_, global_avg_pool, broadcast_mask,
-                                   _check_init, _check_features, _positive_int)
+                                   _check_init, _check_features, _positive_int, fx_tracing)
 
 # %% auto #0
 __all__ = ['MMTM']
@@ -58,7 +58,7 @@ class MMTM(AttentionBlock):
                ) -> tuple[torch.Tensor, torch.Tensor]: # both streams, each multiplied by its own mask
         _check_features(a, self.dim_a, "MMTM stream a", f"(N, {self.dim_a}, *axes)", min_rank=2)
         _check_features(b, self.dim_b, "MMTM stream b", f"(N, {self.dim_b}, *axes)", min_rank=2)
-        if a.shape[0] != b.shape[0]:
+        if not fx_tracing() and a.shape[0] != b.shape[0]:
             raise ValueError(f"MMTM needs the same batch size on both streams, got a: {tuple(a.shape)} (N={a.shape[0]}) "
                              f"and b: {tuple(b.shape)} (N={b.shape[0]}); pass the two modalities of the same samples")
         logits_a, logits_b = self.logits(a, b)

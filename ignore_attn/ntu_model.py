@@ -15,6 +15,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from .flip import Spec, parse_spec, all_specs
+from .attention import fx_tracing
 from .mmtm import MMTM
 from .models import resnet50, _check_classes
 from .ntu_data import NUM_JOINTS
@@ -82,20 +83,20 @@ class HCN(nn.Module):
 
     def stage1(self, x: torch.Tensor) -> torch.Tensor:
         "Joints (N, C, T, V, M) -> per-person features (N, 128, M, t, s) after conv5."
-        if x.ndim != 5 or tuple(x.shape[1:]) != self.input_shape:
+        if not fx_tracing() and (x.ndim != 5 or tuple(x.shape[1:]) != self.input_shape):   # torch.fx: no shape to check
             raise ValueError(f"HCN expects skeletons of shape (N, {', '.join(map(str, self.input_shape))}) = "
                              f"(N, C, T, V, M), got {tuple(x.shape)}; build it with matching frames/persons")
         n, m = x.shape[0], x.shape[-1]
-        per_person = lambda y: y.permute(0, 4, 1, 2, 3).reshape(n * m, *y.shape[1:4])
+        per_person = lambda y: y.permute(0, 4, 1, 2, 3).flatten(0, 1)   # (N*M, C, T, V)
         h = torch.cat([self.position(per_person(x)), self.motion(per_person(frame_motion(x)))], dim=1)
         h = self.conv5(h)
-        return h.reshape(n, m, *h.shape[1:]).transpose(1, 2)
+        return h.unflatten(0, (n, m)).transpose(1, 2)
 
     def stage2(self, h: torch.Tensor) -> torch.Tensor:
         "Per-person features -> conv6 -> element-wise max over persons (N, 256, t', s')."
-        n, c, m = h.shape[:3]
-        h = self.conv6(h.transpose(1, 2).reshape(n * m, c, *h.shape[3:]))
-        return h.reshape(n, m, *h.shape[1:]).amax(dim=1)
+        n, m = h.shape[0], h.shape[2]
+        h = self.conv6(h.transpose(1, 2).flatten(0, 1))   # (N*M, C, t, s)
+        return h.unflatten(0, (n, m)).amax(dim=1)
 
     def stage3(self, h: torch.Tensor) -> torch.Tensor:
         "fc7: (N, 512)."
@@ -162,15 +163,15 @@ class RGBStream(nn.Module):
     @staticmethod
     def _fold(x: torch.Tensor) -> torch.Tensor:
         "(N, C, T, H, W) -> (N*T, C, H, W): frames into the batch."
-        return x.transpose(1, 2).reshape(-1, x.shape[1], *x.shape[3:])
+        return x.transpose(1, 2).flatten(0, 1)
 
     @staticmethod
     def _unfold(x: torch.Tensor, n: int) -> torch.Tensor:
         "(N*T, C, H, W) -> (N, C, T, H, W)."
-        return x.reshape(n, -1, *x.shape[1:]).transpose(1, 2)
+        return x.unflatten(0, (n, -1)).transpose(1, 2)
 
     def stage1(self, clip: torch.Tensor) -> torch.Tensor:
-        if clip.ndim != 5 or clip.shape[1] != 3:
+        if not fx_tracing() and (clip.ndim != 5 or clip.shape[1] != 3):   # torch.fx: no shape to check
             raise ValueError(f"the RGB stream expects clips of shape (N, 3, T, H, W), got {tuple(clip.shape)}")
         b = self.backbone
         x = b.maxpool(b.relu(b.bn1(b.conv1(self._fold(clip)))))

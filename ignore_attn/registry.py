@@ -15,7 +15,7 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['MODEL_KINDS', 'MODELS', 'register_model', 'SAFETENSORS_HINT', 'Entry', 'Registry', 'get_model', 'list_models',
-           'model_entries', 'paper_models', 'is_ntu_model', 'read_state_dict', 'load_weights']
+           'model_entries', 'paper_models', 'is_ntu_model', 'unwrap_model', 'read_state_dict', 'load_weights']
 
 # %% ../nbs/03_registry.ipynb #639ca52b
 _FIELD = re.compile(r"\{(\w+)\}")
@@ -156,6 +156,24 @@ def is_ntu_model(name: str, # any value; non-strings and unknown names give Fals
     try: return MODELS.lookup(name)[0].kind == "ntu"
     except (TypeError, ValueError): return False
 
+# %% ../nbs/03_registry.ipynb #a6acf8c3
+def _is_compiled(model: nn.Module) -> bool:
+    "True for the wrapper torch.compile returns (torch._dynamo's OptimizedModule), without importing dynamo."
+    return type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module)
+
+def _is_module_wrapper(model: nn.Module) -> bool:
+    "True for DataParallel, DistributedDataParallel and look-alikes: the network is the only child, named `module`."
+    children = list(model.named_children())
+    return len(children) == 1 and children[0][0] == "module" and getattr(model, "module", None) is children[0][1]
+
+def unwrap_model(model: nn.Module, # a network, maybe inside DataParallel / DDP / `.module` wrappers and torch.compile
+                ) -> nn.Module: # the network itself (`model` when it is not wrapped)
+    "The network inside any nesting of `.module` wrappers (DataParallel, DDP) and torch.compile's `_orig_mod`."
+    while True:
+        if _is_compiled(model): model = model._orig_mod
+        elif _is_module_wrapper(model): model = model.module
+        else: return model
+
 # %% ../nbs/03_registry.ipynb #735409e9
 SAFETENSORS_HINT = "pip install safetensors"   # a dependency of ignore-attn; missing only where it was not installed with it
 
@@ -171,7 +189,7 @@ def _safetensors():
 _CONTAINERS = ("model", "state_dict", "model_state_dict")   # where checkpoints keep the weights
 _WRAPPERS = ("module.", "_orig_mod.")                         # prefixes DDP and torch.compile put on every key
 
-def _unwrap(state, where: str) -> dict[str, torch.Tensor]:
+def _state_dict_in(state, where: str) -> dict[str, torch.Tensor]:
     "The flat {name: tensor} state dict in `state` (itself, or under a checkpoint key), without wrapper prefixes."
     for key in _CONTAINERS:
         if isinstance(state, dict) and isinstance(state.get(key), dict): state = state[key]; break
@@ -196,7 +214,7 @@ def read_state_dict(path: str | Path, # a .safetensors file, or a torch file (.p
     except Exception as e:
         raise ValueError(f"{path} is not a torch weights file ({type(e).__name__}); pass a .safetensors file or one "
                          "written by torch.save(model.state_dict(), path)") from None
-    return _unwrap(state, str(path))
+    return _state_dict_in(state, str(path))
 
 # %% ../nbs/03_registry.ipynb #bc536ae3
 def _fit_problems(model: nn.Module, state: dict) -> list[str]:
@@ -213,7 +231,7 @@ def load_weights(model: nn.Module,          # the network, built with the weight
                 ) -> nn.Module:             # `model`, now holding exactly the weights' tensors
     "Load a .safetensors / .pt state dict into `model`; weights that do not fit are refused in one line, nothing changed."
     where = str(source) if isinstance(source, (str, Path)) else "the state dict"
-    state = read_state_dict(source) if isinstance(source, (str, Path)) else _unwrap(source, where)
+    state = read_state_dict(source) if isinstance(source, (str, Path)) else _state_dict_in(source, where)
     problems = _fit_problems(model, state)
     if problems:
         raise ValueError(f"the weights in {where} do not fit this {type(model).__name__}: {'; '.join(problems)}. Build the "
