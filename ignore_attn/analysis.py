@@ -183,7 +183,7 @@ def read_run(run_dir,   # a run folder (config.json, metrics.json, history.csv, 
     if (d / "metrics.json").exists() and "metrics.json" not in linked:
         metrics, why = _read_json(d / "metrics.json")
         if why: problems.append(why)
-        elif not isinstance(metrics.get("test_top1_err"), (int, float)):
+        elif metrics.get("status", "done") == "done" and not isinstance(metrics.get("test_top1_err"), (int, float)):
             problems.append("metrics.json has no numeric test_top1_err"); metrics = None
     cfg = (config or {}).get("config", {}) if isinstance((config or {}).get("config", {}), dict) else {}
     data = cfg.get("data", {}) if isinstance(cfg.get("data", {}), dict) else {}
@@ -195,6 +195,11 @@ def read_run(run_dir,   # a run folder (config.json, metrics.json, history.csv, 
     row["synthetic"] = bool((metrics or {}).get("synthetic") or (config or {}).get("synthetic"))
     if problems:
         row["status"], row["error"] = "broken", "; ".join(problems)
+    elif metrics and metrics.get("status", "done") == "done" and not math.isfinite(metrics["test_top1_err"]):
+        row["status"], row["error"] = "failed", (f"metrics.json holds a test error of {metrics['test_top1_err']}: the "
+                                                 "run diverged (an older version finished it); train it again with a lower lr")
+    elif metrics and metrics.get("status") == "failed":   # the trainer stopped it (a diverged run) and said why
+        row["status"], row["error"] = "failed", str(metrics.get("error") or "metrics.json says the run failed")
     elif metrics and metrics.get("status", "done") == "done":
         row["status"] = "done"
         if (d / "error.txt").exists(): row["error"] = _first_line(d / "error.txt")  # finished, then a later cell failed

@@ -16,7 +16,7 @@ from . import data as _data
 from .data import CorruptDataError, DataConfig
 from .engine import RunLocked
 from .models import get_model, list_models
-from .train import (PRESETS, SCHEDULE_NAMES, AMP_MODES, L2_MODES, CorruptCheckpointError, RunDir,
+from .train import (PRESETS, SCHEDULE_NAMES, AMP_MODES, L2_MODES, CorruptCheckpointError, DivergedError, RunDir,
                                RunDirConflict, TrainConfig, config_to_dict, resolve_config, resolve_runtime, setup_run)
 
 # %% auto #0
@@ -61,6 +61,7 @@ a folder another command is training in is refused, naming that command (host,
 pid, since when): one process trains in a folder at a time.
 
 exit status: 0 done; 2 bad input or a refused folder (nothing was written);
+3 the run diverged (a NaN or infinite loss or weight: metrics.json says failed);
 130 interrupted (Ctrl-C; the run resumes from its last complete epoch).
 """
 
@@ -263,6 +264,9 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; run the same command again to resume from the last complete epoch", file=sys.stderr)
         return 130
+    except DivergedError as e:  # not bad input (2): epochs were trained and the folder records the failure
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 3
     except CorruptDataError as e:  # a damaged image found by a DataLoader worker, during training
         print(f"{parser.prog}: error: {_one_line(e)}; the run resumes from its last complete epoch once that is fixed",
               file=sys.stderr)

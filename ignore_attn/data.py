@@ -28,8 +28,8 @@ __all__ = ['DATASETS', 'SPLITS', 'NORMALIZATIONS', 'AUGMENTATIONS', 'PAD_MODES',
            'CIFAR_FILES', 'IMAGE_EXTENSIONS', 'SPLIT_VERSION', 'DataConfig', 'seeded_generator', 'stratified_order',
            'make_split', 'stratified_subset', 'norm_stats', 'normalize', 'shift_images', 'flip_images', 'epoch_plan',
            'CorruptDataError', 'cifar_folder', 'read_cifar', 'write_cifar', 'folder_layout_help', 'list_image_folder',
-           'read_image_folder', 'cache_dir', 'load_image', 'fit_image', 'decode_images', 'Loader', 'ResidentLoader',
-           'random_resized_box', 'ImageItems', 'WorkerLoader', 'Data', 'build_data']
+           'read_image_folder', 'cache_dir', 'load_image', 'to_rgb', 'fit_image', 'decode_images', 'Loader',
+           'ResidentLoader', 'random_resized_box', 'ImageItems', 'WorkerLoader', 'Data', 'build_data']
 
 # %% ../nbs/06_data.ipynb #eb53fa4e
 DATASETS = ("cluttered-digits", "cifar10", "cifar100", "imagefolder", "imagenet", "ntu")
@@ -443,12 +443,39 @@ def load_image(path: str | Path,          # an image file
     "An image file as RGB PIL, fitted to `size` by `fit_image`; a damaged file raises CorruptDataError naming it."
     from PIL import Image
     try:
-        with Image.open(path) as img: return fit_image(img.convert("RGB"), size, resize_to)
-    except FileNotFoundError: raise
+        with Image.open(path) as img: return fit_image(to_rgb(img, path), size, resize_to)
+    except (FileNotFoundError, CorruptDataError): raise
     except (OSError, SyntaxError, ValueError) as e:  # PIL: truncated, unidentified or broken image data
         raise CorruptDataError(f"image file {path} cannot be decoded ({type(e).__name__}: {e}); it is damaged or cut "
                                "short: re-extract it from the data set's archive, or delete it (a new run then uses "
                                "one image fewer)") from None
+
+_PIL_RGB_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr")  # PIL converts these right
+
+def to_rgb(img, # a PIL image of any mode
+           path: str | Path = "image", # its file, named in errors
+          ):
+    "8-bit RGB of `img`: 16-bit (and 32-bit integer) grey scaled from 0..65535, float grey from [0, 1], the rest by PIL."
+    from PIL import Image
+    mode = img.mode
+    if mode in _PIL_RGB_MODES: return img.convert("RGB")   # grey repeated, palette looked up, alpha dropped, CMYK mixed
+    if mode not in ("I", "F") and not mode.startswith("I;16"):
+        raise CorruptDataError(f"image file {path} has colour mode {mode}, which is not read here; save it as 8- or "
+                               "16-bit RGB or greyscale (PNG or JPEG)")
+    a = np.asarray(img)
+    if mode == "F":
+        lo, hi = (float(a.min()), float(a.max())) if np.isfinite(a).all() else (math.nan, math.nan)
+        if not 0 <= lo <= hi <= 1:   # NaN fails this too
+            raise CorruptDataError(f"image file {path} is a float image with values in [{lo:g}, {hi:g}]; float images "
+                                   "are read as brightness in [0, 1]: scale it to that, or save it as 8- or 16-bit PNG")
+        grey = np.rint(a.astype(np.float64) * 255)
+    else:   # PIL reads 16-bit PNG and TIFF greys as I;16 (older versions: I); convert("RGB") would clip them to white
+        a = a.astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise CorruptDataError(f"image file {path} is a 32-bit integer image with values in [{a.min()}, {a.max()}], "
+                                   "outside 16 bits (0..65535); save it as 8- or 16-bit PNG")
+        grey = (a * 255 + 32767) // 65535   # 0..65535 onto 0..255, rounded: 65535 -> 255, 32896 -> 128
+    return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
 
 def fit_image(img, # a PIL image
               size: int | None, # side of the square result (None: img unchanged)
@@ -469,15 +496,15 @@ def _as_chw(img) -> np.ndarray:
     "uint8 (3, H, W) array of an RGB PIL image."
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
+_DECODE_VERSION = 2   # bump when decoding changes what an image becomes (2: 16-bit and float images scaled, not clipped)
+
 def _cache_key(files: list[Path], size: int, roots: tuple[Path, ...]) -> str:
-    "Hash of the folders (path, mtimes, file count) and of the files chosen and the size."
+    "Hash of the folders' paths, the size, the decoder's version and each file chosen: its path, size, mtime and ctime (ns)."
     h = hashlib.sha1()
-    for root in roots:
-        dirs = [root] + sorted(p for p in root.iterdir() if p.is_dir())
-        h.update(json.dumps([str(root.resolve()), [d.stat().st_mtime_ns for d in dirs]]).encode())
-        h.update(str(sum(len(_images_in(d)) for d in dirs[1:])).encode())
-    h.update(f"{size}|{len(files)}".encode())
-    for f in files: h.update(str(f).encode() + b"\0")
+    h.update(json.dumps([[str(r.resolve()) for r in roots], size, len(files), _DECODE_VERSION]).encode())
+    for f in files:   # an image overwritten in place changes its mtime (and ctime, which no copy tool can set back)
+        st = os.stat(f)
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0".encode())
     return h.hexdigest()[:20]
 
 def decode_images(files: list[Path], # image files, in the order of the result

@@ -19,8 +19,8 @@ from .registry import unwrap_model   # the one helper that takes DDP / DataParal
 
 # %% auto #0
 __all__ = ['KILL_AT_ENV', 'LOCK_FILE', 'RUNNER_LOCK_FILE', 'RUNNER_TOKEN_ENV', 'HEARTBEAT_S', 'STALE_AFTER_S', 'RUNTIME_KEYS',
-           'HISTORY_COLUMNS', 'Runtime', 'resolve_runtime', 'setup_distributed', 'teardown_distributed',
-           'CorruptCheckpointError', 'RunDirConflict', 'atomic_write', 'save_json', 'save_checkpoint',
+           'MISSING', 'HISTORY_COLUMNS', 'Runtime', 'resolve_runtime', 'setup_distributed', 'teardown_distributed',
+           'CorruptCheckpointError', 'RunDirConflict', 'atomic_write', 'strict_json', 'save_json', 'save_checkpoint',
            'load_checkpoint', 'seed_epoch', 'rng_state', 'set_rng_state', 'process_identity', 'is_same_process',
            'is_fresh', 'Heartbeat', 'read_holder', 'describe_holder', 'RunLocked', 'RunLock', 'lock_holder',
            'config_diff', 'RunDir', 'autocast', 'to_layout', 'to_device', 'has_own_loss', 'WithLoss', 'topk_correct',
@@ -123,11 +123,19 @@ def atomic_write(path: str | Path, # the file to (re)place
     finally:
         if tmp.exists(): tmp.unlink()
 
+def strict_json(obj):
+    "`obj` with every NaN or infinity (in dicts, lists and tuples, at any depth) replaced by None, JSON's null."
+    if isinstance(obj, dict): return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)): return [strict_json(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj): return None
+    return obj
+
 def save_json(path: str | Path, # the file to write (replaced in one step)
-              obj,              # anything json.dumps accepts
+              obj,              # anything json.dumps accepts, without NaN or infinity (see `strict_json`)
              ) -> None:
-    "Atomically write `obj` as indented JSON."
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+    "Atomically write `obj` as indented, strict JSON: a NaN or infinity raises ValueError and leaves the file as it was."
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"   # NaN is not JSON: other readers refuse the file
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 def save_checkpoint(path: str | Path, # the file to write (replaced in one step)
                     obj: dict,        # the checkpoint: anything torch.save accepts
@@ -363,13 +371,20 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         else: out[f"{prefix}{k}"] = v
     return out
 
+class _Missing:
+    "Stands for the value of a key one config lacks."
+    def __repr__(self) -> str: return "missing"
+
+MISSING = _Missing()
+
 def config_diff(old: dict, # a saved config (nested dicts)
                 new: dict, # the config asked for now
                 ignore=RUNTIME_KEYS, # dotted keys that may differ (how the run runs, not what it trains)
                ) -> list[tuple[str, object, object]]: # (dotted key, old value, new value), sorted by key
-    "Keys (dotted) both configs have and disagree on, with both values, skipping the runtime keys."
+    "Keys (dotted) the configs disagree on, with both values (MISSING for a key one side lacks), skipping the runtime keys."
     a, b = _flatten(old), _flatten(new)
-    return [(k, a[k], b[k]) for k in sorted(set(a) & set(b)) if k not in ignore and a[k] != b[k]]
+    return [(k, a.get(k, MISSING), b.get(k, MISSING)) for k in sorted(set(a) | set(b))
+            if k not in ignore and (k not in a or k not in b or a[k] != b[k])]
 
 
 # %% ../nbs/13_engine.ipynb #d14fe923
@@ -424,7 +439,7 @@ class RunDir:
     def _history_text(history: list[dict]) -> str:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        w.writeheader(); w.writerows(history)
+        w.writeheader(); w.writerows(strict_json(history))   # a value not measured (no validation set): an empty cell
         return buf.getvalue()
 
     def write_history(self, history: list[dict]) -> None:

@@ -140,8 +140,7 @@ class Spec:
         if self.is_standard: return "standard"
         name = self.kind if self.flip is None else f"{self.kind}-{self.flip}"
         if (self.flip is not None and _takes_alpha(self.flip)) or (self.flip is None and self.alpha != 1.0):
-            a = f"{self.alpha:g}"
-            name += f"({a if '.' in a else a + '.0'})"
+            name += f"({float(self.alpha)!r})"   # repr: the shortest text that reads back as this very float
         return name
 
 # %% ../nbs/00_flip.ipynb #4a60e6b2

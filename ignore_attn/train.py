@@ -26,12 +26,13 @@ from .registry import get_model, is_ntu_model
 from .engine import (CorruptCheckpointError, RunDir, RunDirConflict, Runtime, TrainStep, WithLoss,
                                 _unwrap, atomic_write, config_diff, evaluate, has_own_loss, load_checkpoint,
                                 resolve_runtime, rng_state, save_checkpoint, save_json, seed_epoch, set_rng_state,
-                                setup_distributed, train_one_epoch)
+                                setup_distributed, strict_json, train_one_epoch)
 
 # %% auto #0
 __all__ = ['PRESETS', 'SCHEDULE_NAMES', 'AMP_MODES', 'L2_MODES', 'MAX_SEED', 'CHECKPOINT_FORMAT', 'Schedule', 'TrainConfig',
-           'resolve_config', 'make_schedule', 'config_to_dict', 'config_from_dict', 'param_groups', 'versions', 'Run',
-           'setup_run', 'model_options', 'load_stream_checkpoints', 'train']
+           'resolve_config', 'make_schedule', 'config_to_dict', 'config_from_dict', 'param_groups', 'DivergedError',
+           'nonfinite_tensors', 'divergence', 'versions', 'Run', 'setup_run', 'model_options',
+           'load_stream_checkpoints', 'train']
 
 # %% ../nbs/09_train.ipynb #7f51b4d2
 PRESETS: dict[str, dict] = {
@@ -71,7 +72,8 @@ class Schedule:
         if int(self.epochs) != self.epochs or self.epochs < 1: raise ValueError(f"epochs must be a positive integer, got {self.epochs}")
         if list(self.milestones) != sorted(set(self.milestones)) or any(m < 1 for m in self.milestones):
             raise ValueError(f"milestones must be increasing positive epoch numbers, got {list(self.milestones)}")
-        if not self.gamma > 0: raise ValueError(f"gamma must be positive (0.2 divides by 5), got {self.gamma}")
+        if not (self.gamma > 0 and math.isfinite(self.gamma)):
+            raise ValueError(f"gamma must be a positive number (0.2 divides by 5), got {self.gamma}")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup_epochs must lie in [0, epochs={self.epochs}), got {self.warmup_epochs}")
 
@@ -145,7 +147,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         if v is not None and (int(v) != v or v < 1): raise ValueError(f"{k} must be a positive integer, got {v}")
     if not 0 <= out.momentum < 1: raise ValueError(f"momentum must lie in [0, 1), got {out.momentum}")
     if out.nesterov and out.momentum == 0: raise ValueError("nesterov needs momentum > 0; drop nesterov or set momentum")
-    if not out.weight_decay >= 0: raise ValueError(f"weight_decay must be >= 0, got {out.weight_decay}")
+    if not 0 <= out.weight_decay < math.inf: raise ValueError(f"weight_decay must be a number >= 0, got {out.weight_decay}")
     if not isinstance(out.seed, int) or out.seed < 0: raise ValueError(f"seed must be a non-negative integer, got {out.seed!r}")
     if out.seed > MAX_SEED: raise ValueError(f"seed must be at most 2**63-1 = {MAX_SEED} (torch keeps a seed in 64 bits), got {out.seed}")
     _check_device(out.device)
@@ -232,6 +234,27 @@ def param_groups(model: nn.Module,    # the network; parameters without requires
         g["params"].append(p); g["names"].append(n)
     return list(groups.values())
 
+# %% ../nbs/09_train.ipynb #24698398
+class DivergedError(RuntimeError):
+    "A run whose loss or weights stopped being finite numbers; the message says in which epoch and what to change."
+
+def nonfinite_tensors(model: nn.Module, # the network
+                     ) -> list[str]: # names in its state dict (parameters and buffers) holding a NaN or an infinity
+    "The model's floating-point parameters and buffers that hold a NaN or an infinity (one device sync in all)."
+    named = [(n, t) for n, t in model.state_dict().items() if t.is_floating_point()]
+    if not named: return []
+    finite = torch.stack([t.isfinite().all() for _, t in named]).tolist()
+    return [n for (n, _), ok in zip(named, finite) if not ok]
+
+def divergence(loss: float,      # an epoch's mean training loss
+               model: nn.Module, # the network after that epoch
+              ) -> str | None: # what is not finite, in words; None when the loss and every weight are
+    "Why training has diverged (a loss or weights that are not finite numbers), or None."
+    if not math.isfinite(loss): return f"the training loss is {loss}"
+    bad = nonfinite_tensors(model)
+    if bad: return f"{len(bad)} weight tensors hold NaN or infinity ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+    return None
+
 # %% ../nbs/09_train.ipynb #33f3a07b
 CHECKPOINT_FORMAT = 1
 
@@ -279,9 +302,11 @@ class Run:
             t0 = time.perf_counter()
             seed_epoch(self.cfg.seed, epoch, self.rt.rank)
             tr = train_one_epoch(step, self.data.train, self.schedule, epoch, self.rt, progress=not self.cfg.quiet)
+            if (why := divergence(tr["loss"], self.model)) is not None: self._diverged(epoch, why)
             if self.rt.distributed:   # each rank's last forward moved its BN statistics: validate rank 0's model
                 for b in self.model.buffers(): dist.broadcast(b, 0)
             va = evaluate(self.model, self.data.val, self.rt)
+            if va["n"] and not math.isfinite(va["loss"]): self._diverged(epoch, f"the validation loss is {va['loss']}")
             record = {"epoch": epoch + 1, "lr": self.schedule(epoch), "train_loss": tr["loss"], "train_top1": tr["top1"],
                       "val_loss": va["loss"], "val_top1": va["top1"], "val_top5": va["top5"],
                       "img_per_s": tr["img_per_s"], "train_time_s": tr["time_s"]}
@@ -294,6 +319,18 @@ class Run:
             _log(self.rt, _epoch_line(record, self.schedule.epochs, improved))
             if on_epoch_end is not None: on_epoch_end(epoch + 1, record)
         return self._finish()
+
+    def _diverged(self, epoch: int, why: str) -> None:
+        "Record the run as failed (metrics.json: status 'failed', and why) and raise DivergedError; nothing of the epoch is kept."
+        msg = (f"the run diverged in epoch {epoch + 1}/{self.schedule.epochs}: {why} (lr {self.schedule(epoch):.4g}). "
+               f"Nothing of this epoch was saved{'' if self.run_dir is None else f'; {self.run_dir.metrics} says failed'}. "
+               f"Train with a lower --lr (this run: {self.cfg.lr:g}) or some --warmup-epochs, into a new --out")
+        if self.run_dir is not None and self.rt.is_main:
+            save_json(self.run_dir.metrics, {"status": "failed", "error": msg, "failed_epoch": epoch + 1,
+                                             "arch": self.cfg.arch, "attention": self.cfg.attention,
+                                             "dataset": self.cfg.data.dataset, "seed": self.cfg.seed})
+            self.run_dir.unlock()
+        raise DivergedError(msg)
 
     def _network(self) -> nn.Module:
         "The module the training step calls: the model (with its own loss, if any), wrapped for DDP and compiled as asked."
@@ -348,12 +385,13 @@ class Run:
                    "arch": cfg.arch, "attention": cfg.attention, "dataset": cfg.data.dataset, "seed": cfg.seed,
                    "num_classes": self.data.num_classes, "n_test": te["n"], "device": str(self.rt.device),
                    "world_size": self.rt.world_size, "status": "done"}
+        shown, metrics = metrics, strict_json(metrics)   # not measured (no validation set): null in the file, never NaN
         if self.run_dir is not None and self.rt.is_main:
             self.run_dir.sync_history(self.history)  # a kill between last.pt and history.csv left it a row short
             save_json(self.run_dir.metrics, metrics)
             self.run_dir.unlock()
-        _log(self.rt, f"test top-1 error {metrics['test_top1_err']:.2f}%  top-5 error {metrics['test_top5_err']:.2f}%  "
-                      f"(best epoch {metrics['best_epoch']}, val top-1 error {metrics['best_val_top1_err']:.2f}%)")
+        _log(self.rt, f"test top-1 error {shown['test_top1_err']:.2f}%  top-5 error {shown['test_top5_err']:.2f}%  "
+                      f"(best epoch {shown['best_epoch']}, val top-1 error {shown['best_val_top1_err']:.2f}%)")
         return metrics
 
 def _epoch_line(r: dict, epochs: int, best: bool) -> str:
