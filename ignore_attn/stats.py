@@ -374,6 +374,9 @@ def sweep_claims(runs: list, # the sweep's runs (`ignore_attn.experiments.expand
                  power: float = 0.8, alpha: float = 0.05, # the target power and the test's level
                 ) -> pd.DataFrame: # one row per claim covered: dataset, arch, metric, method, reference, diff, seeds, power, seeds_needed
     "The paper's claimed differences that a sweep covers, with the power of its seeds and the seeds 80 % power needs."
+    cols = ["table", "dataset", "arch", "metric", "method", "reference", "diff", "seeds", "power", "seeds_needed"]
+    paper_sets = {d for t in TABLES.values() if t["datasets"] for d in t["datasets"]}
+    if not any(canonical_dataset(r.options["dataset"]) in paper_sets for r in runs): return pd.DataFrame(columns=cols)
     ev = paper_evidence(power=power, alpha=alpha) if evidence is None else evidence
     seeds: dict = {}
     for r in runs:
@@ -387,7 +390,6 @@ def sweep_claims(runs: list, # the sweep's runs (`ignore_attn.experiments.expand
             rows.append(dict(table=e.table, dataset=ds, arch=arch, metric=e.metric, method=m, reference=e.reference,
                              diff=e.diff, seeds=n, power=welch_power(e.diff, e.std, e.ref_std, n, n, alpha),
                              seeds_needed=e.seeds_needed))
-    cols = ["table", "dataset", "arch", "metric", "method", "reference", "diff", "seeds", "power", "seeds_needed"]
     return pd.DataFrame(rows, columns=cols).drop_duplicates(subset=cols[:6]).reset_index(drop=True)
 
 def sweep_plan(runs: list, # the sweep's runs (`ignore_attn.experiments.expand`)
