@@ -19,7 +19,11 @@ __all__ = ['INDEX_NOTEBOOK', 'MANIFEST', 'MANIFEST_VERSION', 'INLINE_BACKEND', '
 
 # %% ../nbs/15_book.ipynb #c04e56f2
 INDEX_NOTEBOOK = "index.ipynb"
-_CHAPTER = re.compile(r"^\d{2}_[A-Za-z0-9_-]+\.ipynb$")
+_CHAPTER = re.compile(r"^\d{2}[a-z]?_[A-Za-z0-9_-]+\.ipynb$")  # 10b_stats: a chapter between 10 and 11
+
+def _number(stem: str) -> str:
+    "A chapter's number as the sidebar shows it: '10', '10b'."
+    return stem.split("_")[0]
 
 def _package_dir() -> Path:
     "The folder of the `ignore_attn` package that is imported (a source checkout's, or site-packages')."
@@ -405,7 +409,7 @@ class Book:
             out.append(f'<h2>Report</h2><ul><li><a href="{home}">Results</a></li>{items}</ul>')
         out.append("<h2>The book</h2><ul>")
         for p in self.pages:
-            label = "Overview" if p.stem == "index" else f"{p.stem[:2]} {html.escape(p.title)}"
+            label = "Overview" if p.stem == "index" else f"{_number(p.stem)} {html.escape(p.title)}"
             cls = ' class="current"' if p.stem == current else ""
             out.append(f'<li{cls}><a href="{_href(p.html, page_dir)}">{label}</a></li>')
         return "\n".join(out + ["</ul></nav>"])
@@ -416,7 +420,7 @@ class Book:
         "'Explained in' links from a part of the report to the chapters of the book that explain it."
         pages = [p for p in (self.page(s) for s in TABLE_NOTEBOOKS.get(key, ())) if p is not None]
         if not pages: return ""
-        links = ", ".join(f'<a href="{_href(p.html, Path(page_dir))}">{p.stem[:2]} {html.escape(p.title)}</a>' for p in pages)
+        links = ", ".join(f'<a href="{_href(p.html, Path(page_dir))}">{_number(p.stem)} {html.escape(p.title)}</a>' for p in pages)
         return f'<p class="book-links">How {_label(key)} is made, in the book: {links}.</p>'
 
     def report_links(self, stem: str) -> str:
