@@ -32,7 +32,7 @@ __all__ = ['TABLES', 'DATASET_METRICS', 'METRIC_LABELS', 'RUN_MARKERS', 'REPORT_
            'cam_layer', 'attention_masks', 'attention_stages', 'channel_mask_frame', 'channel_mask_figure',
            'ignoring_maps', 'border_band', 'border_centre_table', 'stage_ignoring', 'spatial_mask_figure',
            'grad_cam_figure', 'distractor_table', 'ProbeBatch', 'probe_model', 'probe_callback', 'load_probes',
-           'probe_figure', 'control_table', 'ignoring_verdict', 'attention_report', 'summarize_stages', 'run_images']
+           'probe_figure', 'attention_report', 'summarize_stages', 'run_images']
 
 # %% ../nbs/11_analysis.ipynb #c206c968
 def paper_results() -> pd.DataFrame:
@@ -1013,65 +1013,6 @@ def _control_of(spec: str) -> str | None:
     kind = parse_spec(spec).kind
     return None if kind == "standard" else f"{kind}-const"
 
-def _mean_std(v) -> str:
-    v = np.asarray(v, float)
-    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
-
-def _compare(a, b, name_a: str, name_b: str, what: str = "test error", lower_is_better: bool = True) -> str:
-    "One sentence: how `a` compares with `b` (means, Welch p), saying 'beyond the seed spread' only when p < 0.05."
-    p = welch_p(a, b)
-    if math.isnan(p): return f"{name_a} vs {name_b}: too few seeds to compare"
-    better = (np.mean(a) < np.mean(b)) == lower_is_better
-    if p < 0.05:
-        return (f"{name_a} {'beats' if better else 'is worse than'} {name_b} beyond the seed spread ({what} "
-                f"{_mean_std(a)} vs {_mean_std(b)}, Welch p = {p:.3f})")
-    return f"{name_a} and {name_b} do not differ beyond the seed spread ({what} {_mean_std(a)} vs {_mean_std(b)}, Welch p = {p:.3f})"
-
-def control_table(runs: pd.DataFrame, # collected runs (`collect_runs`)
-                  dataset: str, arch: str, # the group to compare
-                  metric: str = "top1_err", # the test metric
-                 ) -> pd.DataFrame: # per method: seeds, mean ± std, Welch p vs standard and vs the family's const control
-    "Each method's test metric against no attention and against its constant-mask control, Welch's t-test over seeds."
-    g = _group(runs[runs["status"] == "done"], dataset, arch)
-    g = g.assign(v=run_metric(g, metric))
-    vals = {m: s.dropna().to_numpy() for m, s in g.groupby("attention")["v"]}
-    rows = []
-    for m in method_order(vals):
-        ctrl = _control_of(m)
-        rows.append({"method": m, "seeds": len(vals[m]), METRIC_LABELS[metric]: _mean_std(vals[m]),
-                     "p vs standard": welch_p(vals[m], vals["standard"]) if "standard" in vals and m != "standard" else math.nan,
-                     "control": ctrl if ctrl in vals and ctrl != m else "",
-                     "p vs control": welch_p(vals[m], vals[ctrl]) if ctrl in vals and ctrl != m else math.nan})
-    return pd.DataFrame(rows).set_index("method")
-
-# %% ../nbs/11_analysis.ipynb #4cd9fcc6
-def ignoring_verdict(runs: pd.DataFrame, # collected runs (`collect_runs`)
-                     dataset: str, arch: str, # the group
-                     probes: pd.DataFrame | None = None, # from `load_probes` (None: no sentences about the probe)
-                     early_epochs: int = 2, # epochs counted as "early" for the loss and the masks
-                    ) -> list[str]: # plain sentences, each computed from the runs' numbers
-    "What the runs of one group say about attending, ignoring, the constant control and no attention, in sentences."
-    g = _group(runs[runs["status"] == "done"], dataset, arch)
-    err = {m: s.dropna().to_numpy() for m, s in g.assign(v=run_metric(g, "top1_err")).groupby("attention")["v"]}
-    out = [f"{arch} on {dataset}, test top-1 error (%) over {max((len(v) for v in err.values()), default=0)} seeds:"]
-    for m in method_order(err):
-        if m == "standard": continue
-        if "standard" in err: out.append(_compare(err[m], err["standard"], m, "standard (no attention)"))
-        ctrl = _control_of(m)
-        if ctrl in err and ctrl != m: out.append(_compare(err[m], err[ctrl], m, f"its constant-mask control {ctrl}"))
-    attends = lambda m: parse_spec(m).kind != "standard" and parse_spec(m).flip is None   # se, cbam: standard attention
-    pairs = [(att, ign) for att in err for ign in err if attends(att) and parse_spec(ign).ignores
-             and parse_spec(att).kind == parse_spec(ign).kind]
-    for att, ign in pairs: out.append(_compare(err[ign], err[att], f"ignoring {ign}", f"attending {att}"))
-    if probes is not None and len(probes):
-        p = probes[(probes["dataset"] == dataset) & (probes["arch"] == arch) & (probes["epoch"] <= early_epochs)]
-        for att, ign in pairs:
-            for kind, measure, what, lower in (("loss", "val_loss", f"validation loss over the first {early_epochs} epochs", True),
-                                               ("spatial", "auc_vs_digit", f"spatial-mask AUC (distractors vs digit) over the first {early_epochs} epochs", False)):
-                s = _probe_series(p, kind, measure)
-                a_, i_ = (s[s["attention"] == m].groupby("seed")["value"].mean().to_numpy() for m in (att, ign))
-                if len(a_) and len(i_): out.append(_compare(i_, a_, f"ignoring {ign}", f"attending {att}", what, lower))
-    return out
 
 # %% ../nbs/11_analysis.ipynb #789e9214
 def attention_report(model: nn.Module, # the network
