@@ -7,6 +7,7 @@ paper's values land in the right cells of Table 1 a copy of these runs is *relab
 `dataset` and `arch` in config.json and metrics.json change; the numbers are the real runs'), without checkpoints.
 """
 import contextlib
+import html
 import io
 import json
 import os
@@ -179,6 +180,27 @@ def test_site_attention_analysis(site):
     index = (site / "index.html").read_text()
     assert 'href="analysis.html"' in index and "figures/analysis/resnet8-cifar_grad-cam.png" in index
     assert 'id="analysis-error"' not in index
+    # one table of paired comparisons per group, with Holm-adjusted p and verdicts computed from it
+    comp = pd.read_csv(site / "analysis_comparisons_cluttered-digits_resnet8-cifar.csv")
+    assert {"se-ign3 − se", "se − standard"} <= set(comp["comparison"]) and (comp["p_adj"].dropna() >= comp["p"].dropna()).all()
+    verdict = (site / "analysis_verdict_cluttered-digits_resnet8-cifar.txt").read_text().splitlines()
+    assert "Holm" in verdict[0] and "comparisons" in verdict[1]
+
+
+def test_report_has_paired_comparisons_and_the_papers_evidence(tmp_path):
+    "The shipped real quick sweep: the home page shows its comparison table; a page of its own, the paper's evidence."
+    from ignore_attn.stats import comparison_summary, comparison_table, evidence_sentence, paper_evidence
+    fixture = Path(__file__).resolve().parents[1] / "nbs" / "fixtures" / "quick"
+    with contextlib.redirect_stdout(io.StringIO()):
+        home = build_report(fixture, tmp_path / "site", quarto="never", analysis=False)
+    index = home.read_text()
+    assert 'id="comparisons"' in index and 'href="evidence.html"' in index
+    t = comparison_table(collect_runs(fixture), "cluttered-digits", "resnet8-cifar")
+    assert html.escape(comparison_summary(t)) in index and index.count("<td>cbam-ign3 − cbam</td>") == 1
+    page = (tmp_path / "site" / "evidence.html").read_text()
+    assert html.escape(evidence_sentence(paper_evidence())) in page
+    assert page.count("<h2>") == 4 and "seeds for 80 % power" in page
+    assert not missing_links(tmp_path / "site")
 
 
 def chromium_dom(url: str, profile: Path, screenshot: Path | None = None) -> str:
