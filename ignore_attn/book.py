@@ -363,9 +363,13 @@ TABLE_NOTEBOOKS: dict = {
     "figures": ("09_train", "11_analysis"),
     "analysis": ("11_analysis",),
     "runs": ("10_experiments", "13_engine"),
+    "comparisons": ("10b_stats",),                                          # paired differences, Holm
+    "evidence": ("10b_stats",),                                             # the paper's own evidence
 }
-_SECTION = {"quick": "tables", "figures": "figures", "analysis": "analysis", "runs": "runs"}   # the report's anchors
-_LABEL = {"quick": "the quick sweep", "figures": "the figures", "analysis": "the attention analysis", "runs": "the runs"}
+_SECTION = {"quick": "tables", "figures": "figures", "analysis": "analysis", "runs": "runs", "comparisons": "comparisons",
+            "evidence": "evidence"}   # the report's anchors
+_LABEL = {"quick": "the quick sweep", "figures": "the figures", "analysis": "the attention analysis", "runs": "the runs",
+          "comparisons": "the paired comparisons", "evidence": "the paper's own evidence"}
 
 def _label(key) -> str: return f"Table {key}" if isinstance(key, int) else _LABEL.get(key, str(key))
 

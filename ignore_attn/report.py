@@ -534,11 +534,12 @@ def build_report(runs_dir, # folder holding the run folders, at any depth
             render_notebook(executed, out / "analysis.html", "Attention analysis (nbs/experiments/report.ipynb)", "index.html")
         if why: log(f"  warning: analysis notebook: {why}")
     built = time.strftime("%Y-%m-%d %H:%M")
+    book_links = lambda key: site_book.table_links(key, out) if site_book else ""
     if use_quarto:  # Quarto renders the notebooks itself: link to the pages it will write
         pages = {r.run_id: out / "runs" / r.run_id / "train.html" for r in runs[runs["has_notebook"].astype(bool)].itertuples()}
     sections = [("summary", "", summary_section(runs, runs_dir, built)), ("tables", "Tables", tables),
-                ("comparisons", "Paired comparisons", comparisons_section(runs)),
-                ("evidence", "The paper's own evidence", evidence_section(out)),
+                ("comparisons", "Paired comparisons", comparisons_section(runs) + book_links("comparisons")),
+                ("evidence", "The paper's own evidence", evidence_section(out) + book_links("evidence")),
                 ("figures", "Figures", figures), ("analysis", "Attention analysis", analysis_section(out, executed, why)),
                 ("runs", "Runs", runs_section(runs, out, pages, files)),
                 ("performance", "Performance", performance_section(out, results_dir))]

@@ -10,8 +10,8 @@ import pandas as pd
 from scipy import optimize, stats
 
 from .flip import parse_spec
-from .analysis import (TABLES, _control_of, canonical_dataset, counterpart, labelled, method_order,
-                                  metrics_for, paper_results, run_metric)
+from .analysis import (METRIC_LABELS, TABLES, _control_of, canonical_dataset, counterpart, labelled,
+                                  method_order, metrics_for, paper_results, run_metric)
 
 # %% auto #0
 __all__ = ['ADJUST_METHODS', 'DEFAULT_ADJUST', 'RELATIONS', 'COMPARISON_COLUMNS', 'ADJUST_NAMES', 'PAPER_SEEDS',
@@ -247,7 +247,7 @@ def comparison_table(runs: pd.DataFrame, # collected runs (`collect_runs`)
     t["p_adj"] = adjust_p(t["p"].to_numpy(float), adjust) if len(t) else []
     t["verdict"] = [_verdict(r.diff, r.p_adj, alpha, metric == "top1_acc") for r in t.itertuples()]
     t.attrs.update(metric=metric, adjust=adjust, alpha=alpha, level=level, title=labelled(
-        f"{arch} on {dataset}: paired differences of test {metric.replace('_', ' ')} (method − reference, points), "
+        f"{arch} on {dataset}: paired differences of test {METRIC_LABELS[metric]} (method − reference), "
         f"{int(level * 100)} % CI, p adjusted by {ADJUST_NAMES[adjust]} over {int(t['p'].notna().sum())} tests", g))
     return t
 
