@@ -17,9 +17,9 @@ from .analysis import (METRIC_LABELS, TABLES, _control_of, canonical_dataset, co
 __all__ = ['ADJUST_METHODS', 'DEFAULT_ADJUST', 'RELATIONS', 'COMPARISON_COLUMNS', 'ADJUST_NAMES', 'PAPER_SEEDS',
            'TRAIN_SET_SIZES', 'NTU_TRAIN_SIZES', 'seed_values', 'paired_difference', 'welch_from_stats',
            'welch_difference', 'adjust_p', 'welch_power', 'paired_power', 'seeds_needed', 'detectable_difference',
-           'paired_detectable_difference', 'family_pairs', 'comparison_table', 'comparison_summary', 'paper_evidence',
-           'evidence_summary', 'evidence_sentence', 'train_images', 'benchmark_throughput', 'sweep_claims',
-           'sweep_plan', 'plan_text']
+           'paired_detectable_difference', 'family_pairs', 'comparison_table', 'comparison_summary', 'resolution_table',
+           'paper_evidence', 'evidence_summary', 'evidence_sentence', 'train_images', 'benchmark_throughput',
+           'sweep_claims', 'sweep_plan', 'plan_text']
 
 # %% ../nbs/10b_stats.ipynb #ff1314b0
 def seed_values(runs: pd.DataFrame, # collected runs (`collect_runs`)
@@ -217,7 +217,7 @@ def family_pairs(methods, # the attention specs present in one group
 
 # %% ../nbs/10b_stats.ipynb #bc023077
 COMPARISON_COLUMNS = ["comparison", "relation", "method", "reference", "n", "seeds", "diff", "ci_low", "ci_high", "p",
-                      "p_adj", "verdict", "half_width", "half_width_unpaired", "note"]
+                      "p_adj", "verdict", "sd", "half_width", "half_width_unpaired", "note"]
 
 def _verdict(diff: float, p_adj: float, alpha: float, higher_is_better: bool) -> str:
     if pd.isna(p_adj): return "too few seeds"
@@ -241,7 +241,7 @@ def comparison_table(runs: pd.DataFrame, # collected runs (`collect_runs`)
         pr, w = paired_difference(values[m], values[ref], level), welch_difference(values[m], values[ref], level)
         rows.append(dict(comparison=f"{m} − {ref}", relation=rel, method=m, reference=ref, n=pr["n"],
                          seeds=",".join(map(str, pr["seeds"])), diff=pr["mean"], ci_low=pr["ci_low"], ci_high=pr["ci_high"],
-                         p=pr["p"], half_width=(pr["ci_high"] - pr["ci_low"]) / 2,
+                         p=pr["p"], sd=pr["sd"], half_width=(pr["ci_high"] - pr["ci_low"]) / 2,
                          half_width_unpaired=(w["ci_high"] - w["ci_low"]) / 2, note=pr["note"]))
     t = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
     t["p_adj"] = adjust_p(t["p"].to_numpy(float), adjust) if len(t) else []
@@ -267,7 +267,17 @@ def comparison_summary(table: pd.DataFrame, # from `comparison_table`
     return head + ": " + "; ".join(f"{r.method} is {r.verdict} than {r.reference} ({r.diff:+.2f} [{r.ci_low:+.2f}, "
                                    f"{r.ci_high:+.2f}], adjusted p = {r.p_adj:.3g})" for r in hits.itertuples()) + "."
 
-# %% ../nbs/10b_stats.ipynb #b1c45c68
+# %% ../nbs/10b_stats.ipynb #f1a781c6
+def resolution_table(table: pd.DataFrame, # from `comparison_table`
+                     seeds: int | None = None, # seed pairs to plan for (None: each comparison's own n)
+                     power: float = 0.8, alpha: float = 0.05, # the target power and the test's level
+                    ) -> pd.DataFrame: # comparison, n, sd of the paired differences, the detectable difference
+    "Per comparison, the smallest mean difference a paired t-test detects with `power`, from the spread of its differences."
+    n = table["n"] if seeds is None else pd.Series(seeds, index=table.index)
+    return pd.DataFrame({"comparison": table["comparison"], "n": n, "sd": table["sd"],
+                         "detectable": [paired_detectable_difference(sd, k, power, alpha) for sd, k in zip(table["sd"], n)]})
+
+# %% ../nbs/10b_stats.ipynb #09aa4d54
 PAPER_SEEDS = 3   # the paper: "mean and standard deviation over three runs"
 
 def paper_evidence(paper: pd.DataFrame | None = None, # the paper's numbers (None: `paper_results()`)
@@ -297,7 +307,7 @@ def paper_evidence(paper: pd.DataFrame | None = None, # the paper's numbers (Non
     ev.attrs.update(adjust=adjust, alpha=alpha, power=power, n=n)
     return ev
 
-# %% ../nbs/10b_stats.ipynb #482397fe
+# %% ../nbs/10b_stats.ipynb #5b40481a
 def evidence_summary(ev: pd.DataFrame, # from `paper_evidence`
                      relation: str = RELATIONS[0], # 'ignore vs attend' or 'vs standard'
                      primary_only: bool = True, # only each data set's first metric (top-1)
@@ -325,7 +335,7 @@ def evidence_sentence(ev: pd.DataFrame, # from `paper_evidence`
                    "with 80 % power.")
     return " ".join(out)
 
-# %% ../nbs/10b_stats.ipynb #79744939
+# %% ../nbs/10b_stats.ipynb #6236d6b9
 # Training images per epoch of the data sets whose size is fixed: the official training sets.
 TRAIN_SET_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
 NTU_TRAIN_SIZES = {"xsub": 40_320, "xview": 37_920}   # NTU RGB+D 60's training splits (before samples without skeletons)
@@ -342,7 +352,7 @@ def train_images(options: dict, # a run's resolved trainer options (`Run.options
     else: return None
     return min(n, int(lim)) if lim else n
 
-# %% ../nbs/10b_stats.ipynb #7fe73360
+# %% ../nbs/10b_stats.ipynb #6784fb80
 def benchmark_throughput(archs, # the sweep's architectures
                          results_dir=None, # the device suite's results (None: this checkout's benchmarks/results)
                         ) -> tuple[float | None, str]: # (images per second, where it comes from) or (None, why not)
@@ -364,7 +374,7 @@ def benchmark_throughput(archs, # the sweep's architectures
             return float(sel["img_per_s"].median()), f"benchmark {run['run_id']} on {run['gpu']}, path {path}"
     return float(t["img_per_s"].median()), f"benchmark {run['run_id']} on {run['gpu']}"
 
-# %% ../nbs/10b_stats.ipynb #cfbbadc6
+# %% ../nbs/10b_stats.ipynb #99639751
 def _paper_arch(table, arch: str) -> str:
     "The paper's name of our architecture in `table` (resnet50-cifar -> ResNet50), else the name itself."
     return TABLES.get(table, {}).get("archs", {}).get(arch, arch) if table in TABLES else arch
@@ -410,7 +420,7 @@ def sweep_plan(runs: list, # the sweep's runs (`ignore_attn.experiments.expand`)
                 claims=[{k: (None if pd.isna(v) else (int(v) if k in ("table", "seeds", "seeds_needed") else v))
                          for k, v in row.items()} for row in claims.to_dict("records")])
 
-# %% ../nbs/10b_stats.ipynb #7a4a94ef
+# %% ../nbs/10b_stats.ipynb #2302ac05
 def plan_text(plan: dict, # from `sweep_plan`
              ) -> str: # a few lines, then the claims table
     "The cost and power of a sweep, as `ignore-attn sweep NAME --dry-run` prints them."
