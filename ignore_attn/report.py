@@ -187,11 +187,12 @@ def tables_section(runs: pd.DataFrame, # the collected runs (`collect_runs`)
                    paper: pd.DataFrame, # the paper's numbers (`paper_results`)
                    links=None, # key -> HTML linking a table to the notebooks that explain it (the book's `table_links`)
                   ) -> str:
-    "Each of the paper's tables that has finished runs, as HTML (ours, paper, difference, Welch p-value)."
+    "Each of the paper's tables that has finished runs, as HTML (ours, paper, difference, paired p-value)."
     out = ['<p>Each cell: <strong>ours</strong> as mean ± sample std (number of seeds) of the test metric of the '
            "best-validation checkpoint; the <strong>paper</strong>'s value; <strong>Δ</strong> = ours - paper; "
-           "<strong>p</strong>: Welch's t-test of an ignoring variant against its standard-attention counterpart "
-           "(se-ign* vs se, cbam-ign* vs cbam, mmtm-ign* vs mmtm; * below 0.05; needs 2 seeds on each side). "
+           "<strong>p</strong>: paired t-test, over the seeds both have, of an ignoring variant against its standard-attention "
+           "counterpart (se-ign* vs se, cbam-ign* vs cbam, mmtm-ign* vs mmtm; * below 0.05 before any adjustment; needs 2 "
+           "matched seeds; the paired comparisons below adjust the whole family). "
            "Bold: the best of ours per column within an architecture.</p>"]
     shown = 0
     for key in TABLES:

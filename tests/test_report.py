@@ -127,9 +127,8 @@ def test_table1_has_the_papers_numbers_in_the_right_cells(all_runs):
     assert std["ours_text"] == f"{ours.mean():.2f} ± {ours.std(ddof=1):.2f} (2)"
     ign3 = cells.loc[("ResNet50", "se-ign3", "cifar10", "top1_err")]
     assert (ign3["paper_mean"], ign3["vs"]) == (7.28, "se")
-    a = runs[(runs.dataset == "cifar10") & (runs.attention == "se-ign3")]["test_top1_err"]
-    b = runs[(runs.dataset == "cifar10") & (runs.attention == "se")]["test_top1_err"]
-    expected = stats.ttest_ind(a, b, equal_var=False).pvalue
+    seeds = lambda m: runs[(runs.dataset == "cifar10") & (runs.attention == m)].set_index("seed")["test_top1_err"].sort_index()
+    expected = stats.ttest_rel(seeds("se-ign3"), seeds("se")).pvalue      # paired by seed: the runs of one seed share data
     assert np.isclose(ign3["p_value"], expected, equal_nan=True)
     # methods not run keep the paper's value and no result of ours; CBAM runs go to Table 2, not 1
     assert cells.loc[("DenseNet", "se-ign2", "cifar100", "top5_err"), ["paper_mean", "n"]].tolist() == [7.39, 0]
