@@ -19,7 +19,11 @@ __all__ = ['INDEX_NOTEBOOK', 'MANIFEST', 'MANIFEST_VERSION', 'INLINE_BACKEND', '
 
 # %% ../nbs/15_book.ipynb #c04e56f2
 INDEX_NOTEBOOK = "index.ipynb"
-_CHAPTER = re.compile(r"^\d{2}_[A-Za-z0-9_-]+\.ipynb$")
+_CHAPTER = re.compile(r"^\d{2}[a-z]?_[A-Za-z0-9_-]+\.ipynb$")  # 10b_stats: a chapter between 10 and 11
+
+def _number(stem: str) -> str:
+    "A chapter's number as the sidebar shows it: '10', '10b'."
+    return stem.split("_")[0]
 
 def _package_dir() -> Path:
     "The folder of the `ignore_attn` package that is imported (a source checkout's, or site-packages')."
@@ -359,9 +363,13 @@ TABLE_NOTEBOOKS: dict = {
     "figures": ("09_train", "11_analysis"),
     "analysis": ("11_analysis",),
     "runs": ("10_experiments", "13_engine"),
+    "comparisons": ("10b_stats",),                                          # paired differences, Holm
+    "evidence": ("10b_stats",),                                             # the paper's own evidence
 }
-_SECTION = {"quick": "tables", "figures": "figures", "analysis": "analysis", "runs": "runs"}   # the report's anchors
-_LABEL = {"quick": "the quick sweep", "figures": "the figures", "analysis": "the attention analysis", "runs": "the runs"}
+_SECTION = {"quick": "tables", "figures": "figures", "analysis": "analysis", "runs": "runs", "comparisons": "comparisons",
+            "evidence": "evidence"}   # the report's anchors
+_LABEL = {"quick": "the quick sweep", "figures": "the figures", "analysis": "the attention analysis", "runs": "the runs",
+          "comparisons": "the paired comparisons", "evidence": "the paper's own evidence"}
 
 def _label(key) -> str: return f"Table {key}" if isinstance(key, int) else _LABEL.get(key, str(key))
 
@@ -405,7 +413,7 @@ class Book:
             out.append(f'<h2>Report</h2><ul><li><a href="{home}">Results</a></li>{items}</ul>')
         out.append("<h2>The book</h2><ul>")
         for p in self.pages:
-            label = "Overview" if p.stem == "index" else f"{p.stem[:2]} {html.escape(p.title)}"
+            label = "Overview" if p.stem == "index" else f"{_number(p.stem)} {html.escape(p.title)}"
             cls = ' class="current"' if p.stem == current else ""
             out.append(f'<li{cls}><a href="{_href(p.html, page_dir)}">{label}</a></li>')
         return "\n".join(out + ["</ul></nav>"])
@@ -416,7 +424,7 @@ class Book:
         "'Explained in' links from a part of the report to the chapters of the book that explain it."
         pages = [p for p in (self.page(s) for s in TABLE_NOTEBOOKS.get(key, ())) if p is not None]
         if not pages: return ""
-        links = ", ".join(f'<a href="{_href(p.html, Path(page_dir))}">{p.stem[:2]} {html.escape(p.title)}</a>' for p in pages)
+        links = ", ".join(f'<a href="{_href(p.html, Path(page_dir))}">{_number(p.stem)} {html.escape(p.title)}</a>' for p in pages)
         return f'<p class="book-links">How {_label(key)} is made, in the book: {links}.</p>'
 
     def report_links(self, stem: str) -> str:

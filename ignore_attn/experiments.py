@@ -660,6 +660,11 @@ def _summary(states: list[str]) -> str:
     "'3 done, 1 running elsewhere, ...'."
     return ", ".join(f"{n} {'running elsewhere' if s == 'running' else s}" for s, n in _counts(states).items())
 
+def _plan_or_why(runs: list[Run], img_per_s: float | None) -> dict:
+    "The sweep's cost and power (`ignore_attn.stats.sweep_plan`); what went wrong instead, since the plan must never stop a sweep."
+    from ignore_attn.stats import sweep_plan
+    try: return sweep_plan(runs, img_per_s)
+    except Exception as e: return {"error": f"{type(e).__name__}: {e}"}
 def dask_client(scheduler, # a Dask scheduler address (tcp://host:8786), or a Client (returned as it is)
                 timeout: float = 5.0, # seconds to reach the scheduler (a refused connection is retried until then)
                ):
@@ -687,6 +692,7 @@ def run_sweep(runs: list[Run],                   # the runs (expand, merge_runs)
               gpu: bool = False,                 # with scheduler: each run takes one GPU of a worker
               notebook: str | Path | None = None,  # the experiment notebook (default: each run's own)
               progress: bool = True,             # a progress bar (else one line per failed or skipped run)
+              img_per_s: float | None = None,    # training throughput for the cost in sweep.json (None: the latest benchmark)
              ) -> "pd.DataFrame":
     "Run what is not done of `runs` under `out`, each decided under its own lock; the status table, `attrs['interrupted']` after Ctrl-C."
     from tqdm import tqdm   # the text bar: the same in a terminal, a log and a notebook
@@ -702,7 +708,8 @@ def run_sweep(runs: list[Run],                   # the runs (expand, merge_runs)
     except BaseException:
         if client is not scheduler: client.close()
         raise
-    _write_json(out / "sweep.json", [dict(run_id=r.run_id, **r.options) for r in runs])
+    _write_json(out / "sweep.json", {"runs": [dict(run_id=r.run_id, **r.options) for r in runs],
+                                     "plan": _plan_or_why(runs, img_per_s)})
     for r in runs:  # a killed sweep's kernels must not write into the runs this one resumes
         if stop_orphan(out / r.run_id): print(f"stopped the orphaned kernel of {r.run_id}")
     before = sweep_status(runs, out)
@@ -856,7 +863,9 @@ def add_sweep_arguments(p) -> None:
     p.add_argument("--list", action="store_true", help="show the named sweeps and their run counts, then exit")
     p.add_argument("--data", help="data folder of the sweep's dataset (sets data_dir of every run)")
     p.add_argument("--out", default="runs", help="folder of the runs (default: runs); re-running continues it")
-    p.add_argument("--dry-run", action="store_true", help="print the runs and their state without starting any")
+    p.add_argument("--dry-run", action="store_true", help="print the runs, their state, and the sweep's cost and power, without starting any")
+    p.add_argument("--img-per-s", type=float, default=None,
+                   help="training images per second, for the time the sweep takes (default: the latest benchmark result)")
     add_placement_arguments(p)
 
 def add_placement_arguments(p) -> None:
@@ -896,11 +905,16 @@ def sweep_main(args, extra: list[str]) -> int:
         print(sweep_table().to_string()); return 0
     if not args.sweep: raise ValueError("name a sweep (see `ignore-attn sweep --list`) or a YAML file")
     name, runs = sweep_runs(args.sweep, args.data, parse_overrides(extra))
-    if args.dry_run:   # what each run will train with, before any GPU hour is spent
+    img_per_s = getattr(args, "img_per_s", None)
+    if img_per_s is not None and not img_per_s > 0:
+        raise ValueError(f"--img-per-s must be a positive number of training images per second, got {img_per_s}")
+    if args.dry_run:   # what each run will train with, and what the sweep costs and can see, before any GPU hour is spent
+        from ignore_attn.stats import plan_text, sweep_plan
         table = protocol_table(runs).merge(sweep_status(runs, Path(args.out))[["run_id", "state"]], on="run_id")
         print(f"sweep {name}: {len(runs)} runs under {args.out}")
-        print(table.to_string(index=False)); return 0
-    status = run_sweep(runs, args.out, **placement(args))
+        print(table.to_string(index=False))
+        print(plan_text(sweep_plan(runs, img_per_s))); return 0
+    status = run_sweep(runs, args.out, img_per_s=img_per_s, **placement(args))
     if status.attrs.get("interrupted"): return 130  # Ctrl-C: the runs stay resumable
     return 0 if (status.state == "done").all() else 1  # failed, interrupted or running elsewhere: not finished
 

@@ -21,10 +21,11 @@ from .engine import RunLock, RunLocked, describe_holder
 # %% auto #0
 __all__ = ['RUN_FILES', 'SAFE_TAGS', 'SAFE_ATTRIBUTES', 'SITE_CSS', 'IMAGE_CHECK_JS', 'REPORT_HEADER', 'PAGE', 'ANALYSIS_HELP',
            'QUARTO_MODES', 'DEFAULT_QUARTO_YML', 'SiteInUse', 'site_build', 'href', 'sanitize_html', 'page',
-           'render_notebook', 'summary_section', 'tables_section', 'figures_section', 'copy_run_files',
-           'render_run_notebooks', 'runs_section', 'analysis_notebook', 'run_analysis', 'analysis_caption',
-           'analysis_section', 'default_results_dir', 'performance_section', 'quarto_yml', 'build_report',
-           'local_links', 'missing_links', 'add_report_arguments', 'report_main', 'report_command']
+           'render_notebook', 'summary_section', 'tables_section', 'comparisons_section', 'evidence_section',
+           'figures_section', 'copy_run_files', 'render_run_notebooks', 'runs_section', 'analysis_notebook',
+           'run_analysis', 'analysis_caption', 'analysis_section', 'default_results_dir', 'performance_section',
+           'quarto_yml', 'build_report', 'local_links', 'missing_links', 'add_report_arguments', 'report_main',
+           'report_command']
 
 # %% ../nbs/12_report.ipynb #a2574056
 RUN_FILES = ("metrics.json", "history.csv", "config.json", "error.txt")
@@ -160,6 +161,7 @@ window.addEventListener('load', function () {
 
 REPORT_HEADER = string.Template('<header class="site"><a href="$home">ignore-attn: reproduction report</a>'
                                 '<a href="$home#tables">Tables</a><a href="$home#figures">Figures</a>'
+                                '<a href="$home#comparisons">Comparisons</a><a href="$home#evidence">Paper\'s evidence</a>'
                                 '<a href="$home#analysis">Attention analysis</a><a href="$home#runs">Runs</a></header>')
 
 PAGE = string.Template("""<!DOCTYPE html>
@@ -258,11 +260,12 @@ def tables_section(runs: pd.DataFrame, # the collected runs (`collect_runs`)
                    paper: pd.DataFrame, # the paper's numbers (`paper_results`)
                    links=None, # key -> HTML linking a table to the notebooks that explain it (the book's `table_links`)
                   ) -> str:
-    "Each of the paper's tables that has finished runs, as HTML (ours, paper, difference, Welch p-value)."
+    "Each of the paper's tables that has finished runs, as HTML (ours, paper, difference, paired p-value)."
     out = ['<p>Each cell: <strong>ours</strong> as mean ± sample std (number of seeds) of the test metric of the '
            "best-validation checkpoint; the <strong>paper</strong>'s value; <strong>Δ</strong> = ours - paper; "
-           "<strong>p</strong>: Welch's t-test of an ignoring variant against its standard-attention counterpart "
-           "(se-ign* vs se, cbam-ign* vs cbam, mmtm-ign* vs mmtm; * below 0.05; needs 2 seeds on each side). "
+           "<strong>p</strong>: paired t-test, over the seeds both have, of an ignoring variant against its standard-attention "
+           "counterpart (se-ign* vs se, cbam-ign* vs cbam, mmtm-ign* vs mmtm; * below 0.05 before any adjustment; needs 2 "
+           "matched seeds; the paired comparisons below adjust the whole family). "
            "Bold: the best of ours per column within an architecture.</p>"]
     shown = 0
     for key in TABLES:
@@ -273,6 +276,50 @@ def tables_section(runs: pd.DataFrame, # the collected runs (`collect_runs`)
         out.append('<div class="notice info">No finished runs yet, so no table. The paper\'s tables are reproduced '
                    "here as soon as runs finish.</div>")
     return "\n".join(out)
+
+# %% ../nbs/12_report.ipynb #8c3d5e71
+_COMPARISON_SHOW = {"comparison": "comparison", "n": "seed pairs", "diff": "mean difference", "ci_low": "95 % CI low",
+                    "ci_high": "95 % CI high", "p": "p (paired t)", "p_adj": "p (Holm)", "verdict": "verdict"}
+
+def comparisons_section(runs: pd.DataFrame, # collected runs (`collect_runs`)
+                       ) -> str: # HTML: per group, its comparison table and the sentence computed from it
+    "Per (dataset, arch): the paired differences of the family of comparisons, with CIs, raw and adjusted p and verdicts."
+    from ignore_attn.stats import comparison_summary, comparison_table
+    out = []
+    for dataset, arch in run_groups(runs):
+        t = comparison_table(runs, dataset, arch)
+        if t.empty: continue
+        df = t[list(_COMPARISON_SHOW)].rename(columns=_COMPARISON_SHOW)
+        out.append(f'<h3>{html.escape(t.attrs["title"])}</h3><p class="summary">{html.escape(comparison_summary(t))}</p>'
+                   + '<div class="scroll">' + df.to_html(index=False, float_format=lambda x: f"{x:.3f}", classes="runs comparisons",
+                                                          border=0, na_rep="—") + "</div>")
+    if not out: return ""
+    return ("<p>Each row: method − reference in points of the test metric (negative: lower error), over the seeds both have "
+            "(the runs of one seed share data order and augmentation). <strong>verdict</strong> says better or worse only when "
+            "the Holm-adjusted p over the group's comparisons is below 0.05.</p>" + "\n".join(out))
+
+def evidence_section(out: Path, # the site folder; the page goes to out/evidence.html
+                    ) -> str: # the home page's short section linking to it
+    "Write the page of the paper's own evidence (Welch p from its mean ± std, Holm within each table, seeds for 80 % power)."
+    from ignore_attn.stats import evidence_sentence, paper_evidence
+    ev = paper_evidence()
+    sentence = evidence_sentence(ev)
+    body = ["<h1>The paper's own evidence</h1>",
+            f"<p>{html.escape(sentence)}</p>",
+            "<p>From the paper's numbers alone (mean ± std over 3 seeds; Tables 3 and 4 give one number per cell, so no test): "
+            "every ignoring variant against its attending counterpart and against no attention. <strong>diff</strong>: method − "
+            "reference (negative: lower error; for NTU's accuracy, positive is better); <strong>p</strong>: Welch's t-test from "
+            "the summary statistics; <strong>p (Holm)</strong>: adjusted within the table; <strong>seeds for 80 % power</strong>: "
+            "per arm, for Welch's test at α = 0.05 if the paper's difference and spreads are the truth "
+            "(<code>ignore_attn.stats.paper_evidence</code>).</p>"]
+    cols = {"dataset": "data set", "arch": "architecture", "metric": "metric", "method": "method", "reference": "reference",
+            "diff": "diff", "p": "p", "p_adj": "p (Holm)", "seeds_needed": "seeds for 80 % power"}
+    for t, g in ev.groupby("table"):
+        title = TABLES.get(int(t), {}).get("title", f"Table {t}")
+        body.append(f"<h2>{html.escape(title)}</h2>" + '<div class="scroll">' + g[list(cols)].rename(columns=cols).to_html(
+            index=False, float_format=lambda x: f"{x:.3f}", classes="runs evidence", border=0, na_rep="—") + "</div>")
+    (out / "evidence.html").write_text(page("The paper's own evidence", "\n".join(body)), encoding="utf-8")
+    return f'<p>{html.escape(sentence)} <a href="evidence.html">The paper\'s own evidence</a>: every claimed difference, tested.</p>'
 
 # %% ../nbs/12_report.ipynb #6ac2210d
 def _slug(*parts: str) -> str:
@@ -567,7 +614,10 @@ def _write_report(out: Path, runs: pd.DataFrame, runs_dir: Path, paper, quarto, 
             render_notebook(executed, out / "analysis.html", "Attention analysis (nbs/experiments/report.ipynb)", "index.html")
         if why: log(f"  warning: analysis notebook: {why}")
     built = time.strftime("%Y-%m-%d %H:%M")
+    book_links = lambda key: site_book.table_links(key, out) if site_book else ""
     sections = [("summary", "", summary_section(runs, runs_dir, built)), ("tables", "Tables", tables),
+                ("comparisons", "Paired comparisons", comparisons_section(runs) + book_links("comparisons")),
+                ("evidence", "The paper's own evidence", evidence_section(out) + book_links("evidence")),
                 ("figures", "Figures", figures), ("analysis", "Attention analysis", analysis_section(out, executed, why)),
                 ("runs", "Runs", runs_section(runs, out, pages, files)),
                 ("performance", "Performance", performance_section(out, results_dir))]

@@ -60,7 +60,9 @@ def test_quick_sweep_through_papermill(tiny_done):
         m = json.loads((d / "metrics.json").read_text())
         assert m["attention"] == r["attention"] and 0 <= m["test_top1_err"] <= 100
         assert len((d / "history.csv").read_text().splitlines()) == 1 + TINY["epochs"]
-    assert json.loads((out / "sweep.json").read_text())[1]["run_id"] == runs[1].run_id
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["runs"][1]["run_id"] == runs[1].run_id
+    assert sweep["plan"]["runs"] == len(runs) and sweep["plan"]["train_images"] > 0   # the cost, as the dry run prints it
     # started again, a finished sweep runs nothing and changes nothing
     before = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
     run_sweep(runs, out, progress=False)

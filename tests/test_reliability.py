@@ -81,7 +81,7 @@ run = Path(out)
 (run / "device.txt").write_text(str(device if device is not None else config.get("device")))
 (run / "out.txt").write_text(out)
 root = run.parents[3]  # <out>/<dataset>/<arch>/<attention>/seed<N>
-wanted = len(json.loads((root / "sweep.json").read_text()))
+wanted = len(json.loads((root / "sweep.json").read_text())["runs"])
 t0 = time.time()  # hold the device until every run of the sweep has one: they run at the same time
 while len(list(root.rglob("device.txt"))) < wanted and time.time() - t0 < 120: time.sleep(0.1)
 (run / "metrics.json").write_text(json.dumps({"status": "done"}))

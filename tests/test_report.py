@@ -7,6 +7,7 @@ paper's values land in the right cells of Table 1 a copy of these runs is *relab
 `dataset` and `arch` in config.json and metrics.json change; the numbers are the real runs'), without checkpoints.
 """
 import contextlib
+import html
 import io
 import json
 import os
@@ -126,9 +127,8 @@ def test_table1_has_the_papers_numbers_in_the_right_cells(all_runs):
     assert std["ours_text"] == f"{ours.mean():.2f} ± {ours.std(ddof=1):.2f} (2)"
     ign3 = cells.loc[("ResNet50", "se-ign3", "cifar10", "top1_err")]
     assert (ign3["paper_mean"], ign3["vs"]) == (7.28, "se")
-    a = runs[(runs.dataset == "cifar10") & (runs.attention == "se-ign3")]["test_top1_err"]
-    b = runs[(runs.dataset == "cifar10") & (runs.attention == "se")]["test_top1_err"]
-    expected = stats.ttest_ind(a, b, equal_var=False).pvalue
+    seeds = lambda m: runs[(runs.dataset == "cifar10") & (runs.attention == m)].set_index("seed")["test_top1_err"].sort_index()
+    expected = stats.ttest_rel(seeds("se-ign3"), seeds("se")).pvalue      # paired by seed: the runs of one seed share data
     assert np.isclose(ign3["p_value"], expected, equal_nan=True)
     # methods not run keep the paper's value and no result of ours; CBAM runs go to Table 2, not 1
     assert cells.loc[("DenseNet", "se-ign2", "cifar100", "top5_err"), ["paper_mean", "n"]].tolist() == [7.39, 0]
@@ -179,6 +179,27 @@ def test_site_attention_analysis(site):
     index = (site / "index.html").read_text()
     assert 'href="analysis.html"' in index and "figures/analysis/resnet8-cifar_grad-cam.png" in index
     assert 'id="analysis-error"' not in index
+    # one table of paired comparisons per group, with Holm-adjusted p and verdicts computed from it
+    comp = pd.read_csv(site / "analysis_comparisons_cluttered-digits_resnet8-cifar.csv")
+    assert {"se-ign3 − se", "se − standard"} <= set(comp["comparison"]) and (comp["p_adj"].dropna() >= comp["p"].dropna()).all()
+    verdict = (site / "analysis_verdict_cluttered-digits_resnet8-cifar.txt").read_text().splitlines()
+    assert "Holm" in verdict[0] and "comparisons" in verdict[1]
+
+
+def test_report_has_paired_comparisons_and_the_papers_evidence(tmp_path):
+    "The shipped real quick sweep: the home page shows its comparison table; a page of its own, the paper's evidence."
+    from ignore_attn.stats import comparison_summary, comparison_table, evidence_sentence, paper_evidence
+    fixture = Path(__file__).resolve().parents[1] / "nbs" / "fixtures" / "quick"
+    with contextlib.redirect_stdout(io.StringIO()):
+        home = build_report(fixture, tmp_path / "site", quarto="never", analysis=False)
+    index = home.read_text()
+    assert 'id="comparisons"' in index and 'href="evidence.html"' in index
+    t = comparison_table(collect_runs(fixture), "cluttered-digits", "resnet8-cifar")
+    assert html.escape(comparison_summary(t)) in index and index.count("<td>cbam-ign3 − cbam</td>") == 1
+    page = (tmp_path / "site" / "evidence.html").read_text()
+    assert html.escape(evidence_sentence(paper_evidence())) in page
+    assert page.count("<h2>") == 4 and "seeds for 80 % power" in page
+    assert not missing_links(tmp_path / "site")
 
 
 def chromium_dom(url: str, profile: Path, screenshot: Path | None = None) -> str:
