@@ -16,7 +16,7 @@ from . import data as _data
 from .data import CorruptDataError, DataConfig
 from .engine import RunLocked
 from .models import get_model, list_models
-from .train import (PRESETS, SCHEDULE_NAMES, AMP_MODES, L2_MODES, CorruptCheckpointError, DivergedError, RunDir,
+from .train import (PRESETS, SCHEDULE_NAMES, AMP_MODES, L2_MODES, BACKBONE_INITS, CorruptCheckpointError, DivergedError, RunDir,
                                RunDirConflict, TrainConfig, config_to_dict, resolve_config, resolve_runtime, setup_run)
 
 # %% auto #0
@@ -155,6 +155,9 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
                    help="'paper': uniform weight decay; 'authors': the model's own per-layer L2 (Keras l2(lam) = decay 2 lam)")
     g.add_argument("--attention-init", choices=INITS,
                    help="init of the attention branch: 'authors' (dense N(0, 0.01), zero bias; the default) or 'torch' (PyTorch's)")
+    g.add_argument("--backbone-init", choices=BACKBONE_INITS,
+                   help="'seed': the backbone's initial weights depend on the seed alone, so the specs of one seed are paired "
+                        "(the default); 'spec': one generator builds backbone and attention (before pairing)")
     g = p.add_argument_group("hardware")
     g.add_argument("--device", help="auto (default: CUDA if present), cpu, cuda, cuda:N")
     g.add_argument("--amp", choices=AMP_MODES, help="autocast: auto (bf16 on CUDA, off on CPU), bf16, off")

@@ -10,12 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
+from .attention import AttentionBlock
 
 # %% auto #0
-__all__ = ['MODEL_KINDS', 'MODELS', 'register_model', 'SAFETENSORS_HINT', 'Entry', 'Registry', 'get_model', 'list_models',
-           'model_entries', 'paper_models', 'is_ntu_model', 'unwrap_model', 'read_state_dict', 'load_weights']
+__all__ = ['MODEL_KINDS', 'MODELS', 'register_model', 'ATTENTION_STREAM', 'SAFETENSORS_HINT', 'Entry', 'Registry', 'get_model',
+           'list_models', 'model_entries', 'paper_models', 'is_ntu_model', 'attention_seed', 'backbone_keys',
+           'copy_backbone_', 'paired_build', 'unwrap_model', 'read_state_dict', 'load_weights']
 
 # %% ../nbs/03_registry.ipynb #639ca52b
 _FIELD = re.compile(r"\{(\w+)\}")
@@ -127,11 +130,13 @@ def get_model(name: str, # a registered name, see `list_models` (case and surrou
               num_classes: int = 10, # outputs of the classifier
               attention: str = "standard", # attention spec: 'standard', 'se', 'se-ign3', 'cbam-ign1(0.5)', 'mmtm-ign3', ...
               weights: str | Path | None = None, # a .safetensors / .pt state dict to load (see `load_weights`); None: initial weights
+              seed: int | None = None, # paired initial weights: the backbone's from `seed` alone, the same for every spec (see `paired_build`); None: from torch's global generator as it stands
               **kwargs, # passed on to the builder, e.g. conv_bias=True, attention_init='torch'
              ) -> nn.Module: # the network, in training mode, on the CPU
     "Build model `name` with `num_classes` outputs and `attention` in the authors' places, optionally loading `weights`."
     entry, fields = MODELS.lookup(name)
-    model = entry.build(**fields, num_classes=num_classes, attention=attention, **kwargs)
+    build = lambda spec: entry.build(**fields, num_classes=num_classes, attention=spec, **kwargs)
+    model = build(attention) if seed is None else paired_build(build, attention, seed)
     return model if weights is None else load_weights(model, weights)
 
 def list_models(kind: str = "image", # 'image' (one image batch in), 'ntu' ((rgb, skeleton) pairs in) or 'all'
@@ -155,6 +160,47 @@ def is_ntu_model(name: str, # any value; non-strings and unknown names give Fals
     "True when `name` is a registered two-stream NTU RGB+D model (its batches are (rgb, skeleton) pairs)."
     try: return MODELS.lookup(name)[0].kind == "ntu"
     except (TypeError, ValueError): return False
+
+# %% ../nbs/03_registry.ipynb #a8d1f3c4
+ATTENTION_STREAM = 1   # the key, after the seed, of the generator the attention blocks draw from
+
+def attention_seed(seed: int, # the run's seed
+                  ) -> int: # the seed of the attention branch's generator (never equal to `seed`'s stream)
+    "The seed the attention blocks of a paired build draw from: a function of `seed` alone."
+    return int(np.random.SeedSequence([int(seed), ATTENTION_STREAM]).generate_state(1)[0])
+
+def backbone_keys(model: nn.Module, # any network
+                 ) -> list[str]: # its state-dict keys outside attention blocks, in state-dict order
+    "The state-dict entries of `model` that belong to the backbone (not to an `AttentionBlock`)."
+    inside = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, AttentionBlock))
+    return [k for k in model.state_dict() if not k.startswith(inside)]
+
+def copy_backbone_(model: nn.Module,     # the network to change in place
+                   reference: nn.Module, # a network with the same backbone (e.g. the same arch, attention 'standard')
+                  ) -> int: # the number of tensors copied
+    "Copy every backbone tensor (see `backbone_keys`) of `reference` into `model`; refuse if one is missing or shaped otherwise."
+    own, ref = model.state_dict(), reference.state_dict()
+    keys = backbone_keys(model)
+    bad = [k for k in keys if k not in ref or ref[k].shape != own[k].shape]
+    if bad: raise ValueError(f"{type(model).__name__}'s backbone does not match {type(reference).__name__}'s at {len(bad)} "
+                             f"tensors ({', '.join(bad[:3])}); a paired build needs the same modules outside attention "
+                             "blocks in every spec: put attention-only modules inside an AttentionBlock")
+    with torch.no_grad():
+        for k in keys: own[k].copy_(ref[k])
+    return len(keys)
+
+def paired_build(build: Callable[[str], nn.Module], # builds the network for an attention spec
+                 attention: str,                    # the spec asked for
+                 seed: int,                         # the run's seed
+                ) -> nn.Module: # `build(attention)` whose backbone is `build('standard')`'s under `seed`
+    "Build `attention`'s network with the backbone of the seed's attention-free network and the attention from its own stream."
+    torch.manual_seed(seed)
+    backbone = build("standard")
+    if str(attention).strip().lower() == "standard": return backbone
+    torch.manual_seed(attention_seed(seed))
+    model = build(attention)
+    copy_backbone_(model, backbone)
+    return model
 
 # %% ../nbs/03_registry.ipynb #a6acf8c3
 def _is_compiled(model: nn.Module) -> bool:

@@ -29,10 +29,10 @@ from .engine import (CorruptCheckpointError, RunDir, RunDirConflict, Runtime, Tr
                                 setup_distributed, strict_json, train_one_epoch)
 
 # %% auto #0
-__all__ = ['PRESETS', 'SCHEDULE_NAMES', 'AMP_MODES', 'L2_MODES', 'MAX_SEED', 'CHECKPOINT_FORMAT', 'Schedule', 'TrainConfig',
-           'resolve_config', 'make_schedule', 'config_to_dict', 'config_from_dict', 'param_groups', 'DivergedError',
-           'nonfinite_tensors', 'divergence', 'versions', 'Run', 'setup_run', 'model_options',
-           'load_stream_checkpoints', 'train']
+__all__ = ['PRESETS', 'SCHEDULE_NAMES', 'AMP_MODES', 'BACKBONE_INITS', 'L2_MODES', 'MAX_SEED', 'CHECKPOINT_FORMAT', 'Schedule',
+           'TrainConfig', 'resolve_config', 'make_schedule', 'config_to_dict', 'config_from_dict', 'param_groups',
+           'DivergedError', 'nonfinite_tensors', 'divergence', 'versions', 'Run', 'setup_run', 'pairing',
+           'model_options', 'load_stream_checkpoints', 'train']
 
 # %% ../nbs/09_train.ipynb #7f51b4d2
 PRESETS: dict[str, dict] = {
@@ -86,6 +86,7 @@ class Schedule:
 
 # %% ../nbs/09_train.ipynb #b8c1fec0
 AMP_MODES = ("auto", "bf16", "off")
+BACKBONE_INITS = ("seed", "spec")  # paired (see `registry.paired_build`) | the old one generator for the whole build
 L2_MODES = ("paper", "authors")
 
 @dataclass
@@ -110,6 +111,7 @@ class TrainConfig:
     decay_bn_bias: bool = True          # False: no weight decay on BN parameters and biases
     l2_mode: str = "paper"              # 'paper': SGD weight decay; 'authors': the model's own L2 coefficients
     attention_init: str = "authors"     # attention branch init: 'authors' (dense N(0, 0.01), zero bias) | 'torch' (PyTorch's)
+    backbone_init: str = "seed"         # 'seed': the backbone's initial weights depend on the seed alone (paired specs) | 'spec': one generator builds all
     rgb_weights: str | None = None      # NTU models: checkpoint file for the RGB stream (None: from scratch)
     skeleton_weights: str | None = None # NTU models: checkpoint file for the skeleton stream (None: from scratch)
     device: str = "auto"                # 'auto' | 'cpu' | 'cuda' | 'cuda:1' ...
@@ -142,6 +144,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
                            "pass milestones (--milestones) to move them")
     _check_choice("amp", out.amp, AMP_MODES); _check_choice("l2_mode", out.l2_mode, L2_MODES)
     _check_choice("attention_init", out.attention_init, INITS)
+    _check_choice("backbone_init", out.backbone_init, BACKBONE_INITS)
     for k in ("batch_size", "eval_batch_size"):
         v = getattr(out, k)
         if v is not None and (int(v) != v or v < 1): raise ValueError(f"{k} must be a positive integer, got {v}")
@@ -430,7 +433,9 @@ def setup_run(cfg: TrainConfig) -> Run:
                       split=split, rank=rt.rank, world_size=rt.world_size,
                       eval_batch_size=None if cfg.eval_batch_size is None else max(1, cfg.eval_batch_size // rt.world_size))
     torch.manual_seed(cfg.seed)  # the same initial weights on every device and rank
-    model = get_model(cfg.arch, num_classes=data.num_classes, attention=cfg.attention, **model_options(cfg))
+    # 'seed': the backbone starts from the seed alone, so the specs of one seed differ only in their attention branch
+    model = get_model(cfg.arch, num_classes=data.num_classes, attention=cfg.attention,
+                      seed=cfg.seed if cfg.backbone_init == "seed" else None, **model_options(cfg))
     pretrained = load_stream_checkpoints(model, cfg, rt) if is_ntu_model(cfg.arch) and fresh else None
     model = model.to(rt.device)
     if rt.channels_last: model = model.to(memory_format=torch.channels_last)
@@ -465,6 +470,7 @@ def _prepare_folder(run: Run, config: dict, split: dict | None, state: str) -> N
     if state == "new" or not rd.config.exists():
         save_json(rd.config, {"config": config, "num_classes": run.data.num_classes, "classes": list(run.data.classes),
                               "image_size": run.data.image_size, "world_size": run.rt.world_size,
+                              "pairing": pairing(run.cfg),
                               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions()}
                              | ({"pretrained": run.pretrained} if run.pretrained is not None else {}))
 
@@ -484,6 +490,11 @@ def _repair_best(rd: RunDir) -> None:
                                    "val_top1": best.get("val_top1")})
     finally: rd.unlock()
     print(f"rebuilt {rd.best} (epoch {epoch}) from the best weights kept in {rd.last}", flush=True)
+
+def pairing(cfg: TrainConfig) -> dict:
+    "What decides a run's random draws, for config.json: 'seed' is the seed alone (shared by every spec of that seed)."
+    return {"backbone_init": "seed" if cfg.backbone_init == "seed" else "seed+spec",  # see `registry.paired_build`
+            "data_order": "seed", "augmentation": "seed"}                              # `data.epoch_plan` (seed, epoch)
 
 def model_options(cfg: TrainConfig) -> dict:
     "Keyword arguments of `get_model` from the config: the attention init, and the skeleton frames of an NTU model."
