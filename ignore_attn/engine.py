@@ -638,6 +638,7 @@ class TrainStep:
         # made them) and read lr from device memory. A foreach SGD reads a tensor lr back (`alpha=-lr`): a host
         # sync, which check_capturable refused at construction.
         self._tensor_lr()
+        if self.stream is None: self.stream = torch.cuda.Stream(self.rt.device)   # warmup=0: no warm-up made it
         self.static_x, self.static_y = x.clone(), y.clone()
         self.optimizer.zero_grad(set_to_none=True)  # backward inside the capture allocates .grad in the graph's pool
         torch.cuda.synchronize(self.rt.device)
