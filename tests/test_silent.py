@@ -239,18 +239,21 @@ def test_a_16_bit_image_folder_trains_on_its_pixels_not_white(tmp_path):
 
 # ---- 5. the decoded-image cache follows files overwritten in place
 def test_cache_sees_an_image_overwritten_in_place_with_the_same_size(tmp_path):
-    files = []
+    root, files = tmp_path / "images", []
+    root.mkdir()
     for i in range(3):
-        Image.fromarray(np.full((4, 4, 3), 10 * i, np.uint8)).save(tmp_path / f"{i}.ppm"); files.append(tmp_path / f"{i}.ppm")
-    first = decode_images(files, 4, (tmp_path,))
-    size, dir_mtime = files[1].stat().st_size, tmp_path.stat().st_mtime_ns
+        Image.fromarray(np.full((4, 4, 3), 10 * i, np.uint8)).save(root / f"{i}.ppm"); files.append(root / f"{i}.ppm")
+    first = decode_images(files, 4, (root,))
+    size, dir_mtime = files[1].stat().st_size, root.stat().st_mtime_ns
     Image.fromarray(np.full((4, 4, 3), 99, np.uint8)).save(files[1])      # same name, same size, new pixels
-    os.utime(tmp_path, ns=(dir_mtime, dir_mtime))                         # the folder looks untouched
-    assert files[1].stat().st_size == size
-    again = decode_images(files, 4, (tmp_path,))
+    os.utime(root, ns=(dir_mtime, dir_mtime))                             # the folder looks untouched
+    assert files[1].stat().st_size == size and root.stat().st_mtime_ns == dir_mtime
+    again = decode_images(files, 4, (root,))
     assert (first[1] == 10).all() and (again[1] == 99).all() and (again[[0, 2]] == first[[0, 2]]).all()
-    assert len(list(Path(os.environ["IGNORE_ATTN_CACHE"]).glob("*.npy"))) == 2
-    assert (decode_images(files, 4, (tmp_path,)) == again).all()          # unchanged files: the cache is used
+    cached = sorted(Path(os.environ["IGNORE_ATTN_CACHE"]).glob("*.npy"))
+    assert len(cached) == 2
+    assert (decode_images(files, 4, (root,)) == again).all()              # unchanged files: the cache is used
+    assert sorted(Path(os.environ["IGNORE_ATTN_CACHE"]).glob("*.npy")) == cached
 
 
 # ---- 6. a config.json that lost keys is not resumed with other values
