@@ -8,32 +8,56 @@
 
 No weights are published with the library: `weights=None` (the default) gives the authors' initialisation, and
 `weights=` takes a .safetensors or .pt state dict, as a local path or a URL you give (downloaded once into
-torch.hub's cache). Written by hand (not from a notebook): torch.hub reads this file from the repository root;
-every public callable here is an entry point (`torch.hub.list`), so helpers start with an underscore. The entry
-points are made from the model registry (`ignore_attn.registry.model_entries`): one per listed model, with the
-registration's default attention, classes and description, so a backbone registered in its notebook is here too.
+torch.hub's cache, under a hash of the URL; end the URL in #sha256=<hex digest> to have the file checked).
+Written by hand (not from a notebook): torch.hub reads this file from the repository root; every public callable
+here is an entry point (`torch.hub.list`), so helpers start with an underscore. The entry points are made from the
+model registry (`ignore_attn.registry.model_entries`): one per listed model, with the registration's default
+attention, classes and description, so a backbone registered in its notebook is here too.
 """
 dependencies = ["torch", "torchvision"]   # what building the models needs; .safetensors files also need safetensors
 
 
 def _load_weights(model, weights, progress: bool):
     "Load `weights` (a path, or an http(s):// or file:// URL of a .safetensors / .pt file) into `model`."
-    import os
     from pathlib import Path
     from urllib.parse import urlparse
-    import torch
     from ignore_attn.export import load_weights
     text = str(weights)
     if urlparse(text).scheme not in ("http", "https", "file"): return load_weights(model, Path(weights).expanduser())
-    name = os.path.basename(urlparse(text).path)
-    if name.endswith(".safetensors"):   # load_state_dict_from_url reads torch files only: download, then read
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / name
-        if not cached.is_file():
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(text, str(cached), progress=progress)
-        return load_weights(model, cached)
-    return load_weights(model, torch.hub.load_state_dict_from_url(text, map_location="cpu", progress=progress,
-                                                                  weights_only=True))
+    return load_weights(model, _download(text, progress))
+
+
+def _download(url: str, progress: bool):
+    """The file at `url` in torch.hub's cache, downloaded once; `url#sha256=<64 hex digits>` is checked against that hash.
+
+    The cached name starts with a hash of the URL: every export is called model.safetensors, and two URLs of one
+    name must never share a cached file. A hash given is checked on the download and again on every later use."""
+    import hashlib, os, re
+    from pathlib import Path
+    from urllib.parse import urldefrag, urlparse
+    import torch
+    from ignore_attn.export import _sha256
+    base, fragment = urldefrag(url)
+    want = re.fullmatch(r"sha256=([0-9a-fA-F]{64})", fragment) if fragment else None
+    if fragment and want is None:
+        raise ValueError(f"the URL {url} ends in #{fragment}; the only fragment read is #sha256=<the file's 64 hex "
+                         "digits SHA-256>: correct it, or drop it")
+    want = want[1].lower() if want else None
+    name = os.path.basename(urlparse(base).path) or "weights"
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / f"{hashlib.sha256(base.encode()).hexdigest()[:16]}-{name}"
+    if cached.is_file() and (want is None or _sha256(cached) == want): return cached
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    part = cached.with_name(f".{cached.name}.{os.getpid()}.part")   # renamed only once complete and checked
+    try:
+        torch.hub.download_url_to_file(base, str(part), progress=progress)
+        got = _sha256(part)
+        if want is not None and got != want:
+            raise ValueError(f"the file at {base} has SHA-256 {got}, not the {want} its URL asks for: it is not the "
+                             "file meant (changed or replaced); nothing was loaded or kept")
+        os.replace(part, cached)
+    finally:
+        part.unlink(missing_ok=True)
+    return cached
 
 
 def _build(arch: str, num_classes: int, attention: str, weights, progress: bool = True, **kwargs):
@@ -48,6 +72,7 @@ _ARGS = """
         'cbam', 'cbam-ign1(0.8)', ... (see ignore_attn.flip.SPEC_HELP)
     num_classes: outputs of the classifier
     weights: None (fresh, the authors' initialisation) or a .safetensors / .pt state dict: a path or a URL
+        (a URL ending in #sha256=<64 hex digits> is checked against that hash)
     progress: show a progress bar while downloading a URL
     **kwargs: further options of the model (see ignore_attn.models)
 """

@@ -16,7 +16,7 @@ __all__ = ['EXPORT_FORMAT', 'EXPORT_VERSION', 'WEIGHTS_NAME', 'CONFIG_NAME', 'ex
 # %% ../nbs/18_export.ipynb #7caa7f4e
 EXPORT_FORMAT, EXPORT_VERSION = "ignore-attn-export", 1
 WEIGHTS_NAME, CONFIG_NAME = "model.safetensors", "config.json"
-from .registry import _safetensors, load_weights, read_state_dict
+from .registry import _safetensors, load_weights, read_state_dict, weights_identity
 
 # %% ../nbs/18_export.ipynb #9c7a430f
 def _sha256(path: Path) -> str:
@@ -51,7 +51,8 @@ def export_run(run_dir: str | Path,           # a run folder written by `ignore-
               ) -> Path:                      # the export folder, holding model.safetensors and config.json
     "Write a run's best-validation weights (best.pt) as `model.safetensors`, and what rebuilds the model as `config.json`."
     from ignore_attn.models import get_model
-    from ignore_attn.train import RunDir, atomic_write, config_from_dict, load_checkpoint, model_options, save_json, versions
+    from ignore_attn.train import RunDir, atomic_write, config_from_dict, load_checkpoint, model_options, save_json, strict_json
+    from ignore_attn.train import versions
     rd = RunDir(run_dir)
     if not rd.config.is_file():
         raise FileNotFoundError(f"{rd.path} has no config.json; pass a run folder written by ignore-attn train or a sweep")
@@ -74,8 +75,9 @@ def export_run(run_dir: str | Path,           # a run folder written by `ignore-
     load_weights(model, ck["model"])   # the export rebuilds: checked before anything is written
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / WEIGHTS_NAME, lambda f: f.write(_safetensors().save(tensors, metadata={"format": "pt"})))
-    save_json(out / CONFIG_NAME, {
+    trained_as = {"format": "pt", **weights_identity(spec["arch"], spec["num_classes"], spec["attention"])}  # load_weights checks it
+    atomic_write(out / WEIGHTS_NAME, lambda f: f.write(_safetensors().save(tensors, metadata=trained_as)))
+    save_json(out / CONFIG_NAME, strict_json({
         "format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, **spec,
         "weights": WEIGHTS_NAME, "sha256": _sha256(out / WEIGHTS_NAME),
         "classes": meta.get("classes"), "image_size": meta.get("image_size"),
@@ -83,7 +85,7 @@ def export_run(run_dir: str | Path,           # a run folder written by `ignore-
                    "val_top1": ck.get("val_top1"), "finished": finished},
         "metrics": metrics, "train_config": meta["config"],
         "versions": {"trained_with": meta.get("versions"), "exported_with": versions()},
-        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z")})   # written last: its presence marks a complete export
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))   # written last: its presence marks a complete export
     return out
 
 # %% ../nbs/18_export.ipynb #465e507e

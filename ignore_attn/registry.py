@@ -16,9 +16,10 @@ from torch import nn
 from .attention import AttentionBlock
 
 # %% auto #0
-__all__ = ['MODEL_KINDS', 'MODELS', 'register_model', 'ATTENTION_STREAM', 'SAFETENSORS_HINT', 'Entry', 'Registry', 'get_model',
-           'list_models', 'model_entries', 'paper_models', 'is_ntu_model', 'attention_seed', 'backbone_keys',
-           'copy_backbone_', 'paired_build', 'unwrap_model', 'read_state_dict', 'load_weights']
+__all__ = ['MODEL_KINDS', 'MODELS', 'register_model', 'ATTENTION_STREAM', 'SAFETENSORS_HINT', 'IDENTITY_KEYS', 'Entry',
+           'Registry', 'get_model', 'list_models', 'model_entries', 'paper_models', 'is_ntu_model', 'attention_seed',
+           'backbone_keys', 'copy_backbone_', 'paired_build', 'unwrap_model', 'read_state_dict', 'weights_identity',
+           'read_weights_identity', 'check_identity', 'load_weights']
 
 # %% ../nbs/03_registry.ipynb #639ca52b
 _FIELD = re.compile(r"\{(\w+)\}")
@@ -137,6 +138,7 @@ def get_model(name: str, # a registered name, see `list_models` (case and surrou
     entry, fields = MODELS.lookup(name)
     build = lambda spec: entry.build(**fields, num_classes=num_classes, attention=spec, **kwargs)
     model = build(attention) if seed is None else paired_build(build, attention, seed)
+    model.weights_identity = weights_identity(name, num_classes, attention)   # what weights for it were trained as
     return model if weights is None else load_weights(model, weights)
 
 def list_models(kind: str = "image", # 'image' (one image batch in), 'ntu' ((rgb, skeleton) pairs in) or 'all'
@@ -272,12 +274,54 @@ def _fit_problems(model: nn.Module, state: dict) -> list[str]:
     return [f"{len(items)} {what} ({'; '.join(items[:3])}{'; ...' if len(items) > 3 else ''})"
             for what, items in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if items]
 
+IDENTITY_KEYS = ("arch", "attention", "num_classes")   # what an export's safetensors metadata says its weights are
+
+def weights_identity(arch: str,         # a model name (any case)
+                     num_classes: int,  # outputs of the classifier
+                     attention: str,    # attention spec (any spelling `parse_spec` reads)
+                    ) -> dict[str, str]: # canonical arch, attention and num_classes, as strings (safetensors metadata)
+    "What weights for this model were trained as: `get_model` sets it on every model, `export_run` writes it into the file."
+    from ignore_attn.flip import parse_spec
+    return {"arch": str(arch).strip().lower(), "attention": str(parse_spec(attention)), "num_classes": str(int(num_classes))}
+
+def read_weights_identity(path: str | Path, # a weights file
+                         ) -> dict[str, str]: # IDENTITY_KEYS found in its metadata; {} for other files
+    "What a .safetensors file's metadata says its weights were trained as ({} when it says nothing, or for a torch file)."
+    path = Path(path)
+    if path.suffix != ".safetensors": return {}
+    _safetensors()
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f: meta = f.metadata() or {}
+    except Exception: return {}   # read_state_dict says what is wrong with the file
+    return {k: meta[k] for k in IDENTITY_KEYS if k in meta}
+
+def _canonical(key: str, value) -> str:
+    "An identity value in one spelling (an older export may spell an attention spec otherwise)."
+    from ignore_attn.flip import parse_spec
+    try: return str(parse_spec(value)) if key == "attention" else str(value).strip().lower()
+    except (TypeError, ValueError): return str(value)
+
+def check_identity(trained: dict, # what the weights were trained as (`read_weights_identity`); {}: unknown
+                   model: dict | None, # what the model is (`model.weights_identity`); None: unknown
+                   where: str, # the weights' name, for the message
+                  ) -> None:
+    "Refuse, naming both, weights trained as another arch, attention spec or class count than the model."
+    if not trained or not model: return
+    keys = [k for k in IDENTITY_KEYS if k in trained and k in model]
+    if all(_canonical(k, trained[k]) == _canonical(k, model[k]) for k in keys): return
+    said = lambda i: f"{i.get('arch', '?')} {i.get('attention', '?')} with {i.get('num_classes', '?')} classes"
+    raise ValueError(f"the weights in {where} were trained as {said(trained)}, but this model is {said(model)}: build "
+                     f"the model as the weights were (get_model({trained.get('arch')!r}, num_classes={trained.get('num_classes')}, "
+                     f"attention={trained.get('attention')!r})), or load weights trained for this one")
+
 def load_weights(model: nn.Module,          # the network, built with the weights' arch and options
                  source: str | Path | dict, # a .safetensors / .pt file, or a state dict (or a checkpoint dict)
                 ) -> nn.Module:             # `model`, now holding exactly the weights' tensors
     "Load a .safetensors / .pt state dict into `model`; weights that do not fit are refused in one line, nothing changed."
     where = str(source) if isinstance(source, (str, Path)) else "the state dict"
     state = read_state_dict(source) if isinstance(source, (str, Path)) else _state_dict_in(source, where)
+    if isinstance(source, (str, Path)): check_identity(read_weights_identity(source), getattr(model, "weights_identity", None), where)
     problems = _fit_problems(model, state)
     if problems:
         raise ValueError(f"the weights in {where} do not fit this {type(model).__name__}: {'; '.join(problems)}. Build the "

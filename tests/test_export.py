@@ -63,9 +63,9 @@ def test_config_holds_what_rebuilds_and_where_it_came_from(run, exported):
     run_meta = json.loads((run / "config.json").read_text())
     assert (record["classes"], record["image_size"]) == (run_meta["classes"], run_meta["image_size"]) and len(record["classes"]) == 10
     assert record["versions"]["exported_with"]["torch"] == torch.__version__ and record["versions"]["trained_with"]
-    with open(exported / WEIGHTS_NAME, "rb") as f:                  # safetensors header: the usual {"format": "pt"}
+    with open(exported / WEIGHTS_NAME, "rb") as f:   # safetensors header: the usual format, and what the weights are
         header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-    assert header["__metadata__"] == {"format": "pt"}
+    assert header["__metadata__"] == {"format": "pt", "arch": "resnet8-cifar", "attention": "cbam-ign1(0.5)", "num_classes": "10"}
 
 
 def test_refusals_say_what_to_do(run, exported, tmp_path):
