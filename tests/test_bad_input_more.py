@@ -132,3 +132,16 @@ def test_error_txt_starts_with_the_notebooks_own_error(tmp_path):
     first = (tmp_path / "runs" / run.run_id / "error.txt").read_text().splitlines()[0]
     assert res["state"] == "failed" and first.startswith("ValueError: the real cause, named"), first
     assert res["error"] == first
+
+
+def test_a_reachable_scheduler_address_still_runs_the_sweep(tmp_path):
+    "The up-front connection is the one the sweep uses, and it is closed at the end."
+    distributed = pytest.importorskip("distributed")
+    from ignore_attn.experiments import expand, run_sweep
+    from test_reliability import SWEEP as FAKE_SWEEP, THREADS, fake_notebook
+    runs = expand({**FAKE_SWEEP, "attentions": ["standard"]}, name="address")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  env=THREADS) as cluster:
+        status = run_sweep(runs, tmp_path / "runs", scheduler=cluster.scheduler_address,
+                           notebook=fake_notebook(tmp_path), progress=False)
+    assert status.state.tolist() == ["done"] and (tmp_path / "runs" / "sweep.json").is_file()
