@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_cli.ipynb #e080ec96
 from __future__ import annotations
-import argparse, json, os, re, sys, warnings
+import argparse, errno, json, os, re, sys, warnings
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -244,6 +244,13 @@ def _fail(parser: argparse.ArgumentParser, message: str):
     "Exit with status 2 and the message (without argparse's very long usage of `train`)."
     parser.exit(2, f"{parser.prog}: error: {message}\n(run '{parser.prog} --help' for the options and examples)\n")
 
+def _disk_full(e: BaseException) -> OSError | None:
+    "The 'no space left' (or quota) OSError in `e`'s chain: torch's checkpoint writer wraps it in a RuntimeError."
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT): return e
+        e = e.__cause__ or e.__context__
+    return None
+
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     "The `train` command: check, then train (or resume, or report a finished run); returns the exit status."
     cfg = config_from_args(args)
@@ -273,6 +280,12 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except CorruptDataError as e:  # a damaged image found by a DataLoader worker, during training
         print(f"{parser.prog}: error: {_one_line(e)}; the run resumes from its last complete epoch once that is fixed",
               file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as e:
+        if (full := _disk_full(e)) is None: raise
+        print(f"{parser.prog}: error: no space left on the device while writing in {cfg.out} ({full.strerror}); free some "
+              "space (or give --out a folder on a larger disk) and run the same command again: it resumes from its last "
+              "complete epoch, whose files are intact (checkpoints are replaced only once written whole)", file=sys.stderr)
         return 2
     finally:
         if logger is not None: logger.close()

@@ -25,11 +25,12 @@ from .registry import Registry
 # %% auto #0
 __all__ = ['DATASETS', 'SPLITS', 'NORMALIZATIONS', 'AUGMENTATIONS', 'PAD_MODES', 'RESIDENCY', 'MAX_SHIFT', 'RESIDENT_MAX_BYTES',
            'NATIVE_SIZE', 'NTU_PROTOCOLS', 'DATA_DEFAULTS', 'IMAGE_DATASETS', 'DATA_BUILDERS', 'register_data',
-           'CIFAR_FILES', 'IMAGE_EXTENSIONS', 'SPLIT_VERSION', 'DataConfig', 'seeded_generator', 'stratified_order',
-           'make_split', 'stratified_subset', 'norm_stats', 'normalize', 'shift_images', 'flip_images', 'epoch_plan',
-           'CorruptDataError', 'cifar_folder', 'read_cifar', 'write_cifar', 'folder_layout_help', 'list_image_folder',
-           'read_image_folder', 'cache_dir', 'load_image', 'to_rgb', 'fit_image', 'decode_images', 'Loader',
-           'ResidentLoader', 'random_resized_box', 'ImageItems', 'WorkerLoader', 'Data', 'build_data']
+           'CIFAR_FILES', 'IMAGE_EXTENSIONS', 'PIXEL_LIMIT_ENV', 'SPLIT_VERSION', 'DataConfig', 'seeded_generator',
+           'stratified_order', 'make_split', 'stratified_subset', 'norm_stats', 'normalize', 'shift_images',
+           'flip_images', 'epoch_plan', 'CorruptDataError', 'cifar_folder', 'read_cifar', 'write_cifar',
+           'folder_layout_help', 'list_image_folder', 'read_image_folder', 'pil_image', 'cache_dir', 'load_image',
+           'to_rgb', 'fit_image', 'decode_images', 'Loader', 'ResidentLoader', 'random_resized_box', 'ImageItems',
+           'WorkerLoader', 'Data', 'build_data']
 
 # %% ../nbs/06_data.ipynb #eb53fa4e
 DATASETS = ("cluttered-digits", "cifar10", "cifar100", "imagefolder", "imagenet", "ntu")
@@ -431,6 +432,23 @@ def read_image_folder(data_dir: str | Path) -> dict:
     return {"classes": classes, "train": (train_files, train_labels), "test": (test_files, test_labels),
             "roots": (root / "train", test_dir)}
 
+# %% ../nbs/06_data.ipynb #0b0b0b02
+PIXEL_LIMIT_ENV = "IGNORE_ATTN_MAX_IMAGE_PIXELS"
+
+def pil_image():
+    "PIL.Image with its decompression-bomb limit from $IGNORE_ATTN_MAX_IMAGE_PIXELS when set (a pixel count, or 'none')."
+    from PIL import Image
+    v = os.environ.get(PIXEL_LIMIT_ENV, "").strip()
+    if v:
+        try: Image.MAX_IMAGE_PIXELS = None if v.lower() == "none" else int(v)
+        except ValueError: raise ValueError(f"{PIXEL_LIMIT_ENV}={v!r} is not a pixel count; set it to e.g. 500000000, or none") from None
+    return Image
+
+def _too_large(path, e: Exception) -> CorruptDataError:
+    "The one-line error for an image over Pillow's decompression-bomb limit."
+    return CorruptDataError(f"image file {path} is too large for Pillow ({e}); if it is a genuine image, raise the limit: "
+                            f"set {PIXEL_LIMIT_ENV} to a larger pixel count (or to none) and run again; else delete it")
+
 # %% ../nbs/06_data.ipynb #f77c4241
 def cache_dir() -> Path:
     "Where decoded datasets are cached: $IGNORE_ATTN_CACHE, or ~/.cache/ignore_attn."
@@ -441,10 +459,11 @@ def load_image(path: str | Path,          # an image file
                resize_to: int | None = None, # shorter side before the centre crop (default: size)
               ):
     "An image file as RGB PIL, fitted to `size` by `fit_image`; a damaged file raises CorruptDataError naming it."
-    from PIL import Image
+    Image = pil_image()
     try:
         with Image.open(path) as img: return fit_image(to_rgb(img, path), size, resize_to)
     except (FileNotFoundError, CorruptDataError): raise
+    except Image.DecompressionBombError as e: raise _too_large(path, e) from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL: truncated, unidentified or broken image data
         raise CorruptDataError(f"image file {path} cannot be decoded ({type(e).__name__}: {e}); it is damaged or cut "
                                "short: re-extract it from the data set's archive, or delete it (a new run then uses "
@@ -754,8 +773,10 @@ def _native_size(cfg: DataConfig, first_file: Path | None) -> int:
     "cfg.image_size, or the dataset's native size (a folder's: its first image's, which must be square)."
     if cfg.image_size: return cfg.image_size
     if cfg.dataset in NATIVE_SIZE: return NATIVE_SIZE[cfg.dataset]
-    from PIL import Image
-    with Image.open(first_file) as img: w, h = img.size
+    Image = pil_image()
+    try:
+        with Image.open(first_file) as img: w, h = img.size
+    except Image.DecompressionBombError as e: raise _too_large(first_file, e) from None
     if w != h: raise ValueError(f"images of {cfg.data_dir} are not square ({first_file} is {w}x{h}); set image_size")
     return w
 

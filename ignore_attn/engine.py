@@ -405,11 +405,17 @@ class RunDir:
             setattr(self, name.split(".")[0], self.path / name)
         self.lock_file, self._lock = self.path / LOCK_FILE, None
 
-    def _read_json(self, p: Path) -> dict:
-        "Read one of the folder's JSON files, naming it when it does not parse."
-        try: return json.loads(p.read_text())
+    def _read_json(self, p: Path, key: str | None = None) -> dict:
+        "Read one of the folder's JSON files (its `key` object, if given), naming it when it does not parse or is not an object."
+        try: obj = json.loads(p.read_text())
         except (OSError, ValueError) as e:
             raise RunDirConflict(f"{p} cannot be read ({e}); the folder is damaged: delete {p} or use a new --out") from None
+        inner = obj.get(key, {}) if key is not None and isinstance(obj, dict) else obj
+        if not isinstance(obj, dict) or not isinstance(inner, dict):   # e.g. a list: not what this trainer writes
+            what = f"{p}" + (f"'s {key!r}" if isinstance(obj, dict) else "")
+            raise RunDirConflict(f"{what} holds a {type(inner).__name__}, not a JSON object; the folder is damaged: "
+                                 f"delete {p} or use a new --out") from None
+        return inner
 
     def state(self, config: dict) -> str:
         "'new', 'resume' or 'done' for a run with this config dict; RunDirConflict when the folder is someone else's."
@@ -422,7 +428,7 @@ class RunDir:
                 f"refusing to write into {self.path}: it holds files ({', '.join(sorted(stray)[:5])}) but no config.json "
                 "from this trainer. Nothing was changed; choose a new --out (an empty or absent folder).")
             return "new"
-        diff = config_diff(self._read_json(self.config).get("config", {}), config)
+        diff = config_diff(self._read_json(self.config, "config"), config)
         if diff:
             if not any((self.path / n).exists() for n in self.RUN_FILES): return "new"  # a failed start: not a run
             lines = "; ".join(f"{k}: {a!r} in the folder, {b!r} now" for k, a, b in diff[:8])

@@ -60,7 +60,7 @@ def export_run(run_dir: str | Path,           # a run folder written by `ignore-
         raise FileNotFoundError(f"{rd.best} does not exist: the run has not finished an epoch yet; export it once it has")
     out = Path("exports") / rd.path.resolve().name if out is None else Path(out)
     _check_out(out, rd.path)
-    meta = json.loads(rd.config.read_text())
+    meta = {**rd._read_json(rd.config), "config": rd._read_json(rd.config, "config")}   # not a JSON object: a one-line error
     cfg = config_from_dict(meta["config"])
     metrics = json.loads(rd.metrics.read_text()) if rd.metrics.is_file() else None
     finished = metrics is not None and metrics.get("status") == "done"

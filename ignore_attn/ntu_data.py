@@ -33,7 +33,8 @@ __all__ = ['NUM_JOINTS', 'JOINT_NAMES', 'BONES', 'JOINT_FIELDS', 'BODY_FIELDS', 
            'Split', 'split_samples', 'find_samples', 'holdout', 'Track', 'body_tracks', 'noise_reason', 'motion_score',
            'select_tracks', 'resample_indices', 'skeleton_tensor', 'skeleton_cache_path', 'load_skeleton', 'actor_box',
            'video_frame_count', 'read_video_frames', 'write_video', 'crop_clip', 'normalize_clip', 'find_video',
-           'NTUDataset', 'write_tiny_ntu', 'ntu_layout_help', 'ntu_folders', 'NTULoader', 'build_ntu_data']
+           'NTUDataset', 'write_tiny_ntu', 'ntu_layout_help', 'ntu_folders', 'NTULoader', 'check_skeleton_files',
+           'build_ntu_data']
 
 # %% ../nbs/07_ntu_data.ipynb #6d0a1e6c
 NUM_JOINTS = 25
@@ -916,6 +917,16 @@ class NTULoader(_PlannedLoader):
             yield ((rgb.to(self.device, non_blocking=True), skeleton.to(self.device, non_blocking=True)),
                    y.to(self.device, non_blocking=True))
 
+def check_skeleton_files(skeletons: Path, # the skeleton folder
+                         names: Iterable[str], # the samples a run uses
+                        ) -> None:
+    "Refuse empty `.skeleton` files before training: read only when their clip is first drawn, they would stop a run mid-way."
+    empty = [n for n in names if (skeletons / f"{n}.skeleton").stat().st_size == 0]
+    if empty:
+        from .data import CorruptDataError
+        raise CorruptDataError(f"{len(empty)} skeleton file(s) in {skeletons} are empty (e.g. {', '.join(f'{n}.skeleton' for n in empty[:3])}); "
+                               "copy them again from the NTU RGB+D archive, or delete them and start a new run (a new --out)")
+
 @register_data("ntu", kind="ntu")
 def build_ntu_data(cfg: DataConfig, # DataConfig(dataset='ntu', data_dir=...)
                    batch_size: int, # training batch size
@@ -932,6 +943,7 @@ def build_ntu_data(cfg: DataConfig, # DataConfig(dataset='ntu', data_dir=...)
     cfg = cfg.check(); _check_run_args(batch_size, seed, rank, world_size, eval_batch_size)
     skeletons, videos = ntu_folders(cfg.data_dir, cfg.video_dir)
     record = _ntu_split(cfg, skeletons, videos, split)
+    check_skeleton_files(skeletons, [n for k in ("train", "val", "test") for n in record[k]])
     size = cfg.image_size or NATIVE_SIZE["ntu"]
     common = dict(frames_rgb=cfg.frames_rgb, frames_skel=cfg.frames_skel, size=size, resize=round(size / NTU_RESIZE_RATIO),
                   cache_dir=cache_dir() / "ntu-skeletons", num_classes=NTU60_ACTIONS)
