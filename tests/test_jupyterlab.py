@@ -110,3 +110,16 @@ def test_figures_have_one_resolution_in_jupyterlab_and_the_book(jupyter_home):
     dpi_book, size_book = run_in_kernel(book)
     assert dpi_lab == dpi_book == 72
     assert size_lab == size_book
+
+def test_set_kernelspec_changes_only_the_kernelspec_and_nbdev_clean_keeps_it(tmp_path):
+    "The script that gave the notebooks their kernelspec: metadata only, idempotent, and a fixed point of nbdev_clean."
+    nbs = tmp_path / "nbs"; nbs.mkdir(); shutil.copy2(REPO / "settings.ini", tmp_path / "settings.ini")
+    nb = json.loads((NBS / "00_flip.ipynb").read_text()); del nb["metadata"]["kernelspec"]
+    (nbs / "00_flip.ipynb").write_text(json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n")
+    run = lambda: subprocess.run([sys.executable, "-m", "ignore_attn.book", "--set-kernelspec", "--nbs", str(nbs)],
+                                 capture_output=True, text=True, check=True).stdout
+    assert run().startswith("kernelspec set in 1 notebooks")
+    assert (nbs / "00_flip.ipynb").read_bytes() == (NBS / "00_flip.ipynb").read_bytes()
+    assert run().startswith("kernelspec set in 0 notebooks")
+    subprocess.run([shutil.which("nbdev_clean") or "nbdev_clean", "--fname", str(nbs)], cwd=tmp_path, check=True, capture_output=True)
+    assert (nbs / "00_flip.ipynb").read_bytes() == (NBS / "00_flip.ipynb").read_bytes()
