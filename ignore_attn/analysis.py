@@ -544,7 +544,7 @@ def loss_curves_figure(history: pd.DataFrame, # per-epoch history of the runs (`
     ax.set(title=labelled(f"Validation loss: {arch} on {dataset} (mean ± std over seeds)", h), xlabel="epoch",
            ylabel=y.replace("_", " "))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(title="attention", fontsize="small")
+    ax.legend(title="attention", fontsize=9)
     return fig
 
 # %% ../nbs/11_analysis.ipynb #5f568607
@@ -582,7 +582,7 @@ def error_figure(runs: pd.DataFrame, # collected runs (`collect_runs`); only fin
     pv = [paper_value(paper, dataset, arch, m, metric) for m in order]
     if not all(math.isnan(v) for v in pv):
         ax.scatter(pv, range(len(order)), marker="D", s=40, facecolor="none", edgecolor="k", zorder=5, label="paper")
-        ax.legend(fontsize="small", loc="lower right")
+        ax.legend(fontsize=9, loc="lower right")
     lo = np.nanmin([g["value"].min(), *pv]); hi = np.nanmax([g["value"].max(), *pv])
     ax.set_xlim(max(0.0, lo - 0.15 * (hi - lo + 1e-9) - 0.5), hi + 0.15 * (hi - lo + 1e-9) + 0.5)
     ax.set(title=labelled(f"Test {METRIC_LABELS[metric]}: {arch} on {dataset}", g), xlabel=METRIC_LABELS[metric], ylabel="")
@@ -773,7 +773,7 @@ def channel_mask_figure(frames: dict[str, pd.DataFrame]) -> Figure:
                    inner="quartile", linewidth=0.6, ax=ax)
     ax.set(ylim=(-0.02, 1.02), ylabel="channel mask (applied, after the flip)",
            title="Channel-attention masks per stage")
-    ax.legend(fontsize="small", title="attention")
+    ax.legend(fontsize=9, title="attention")
     return fig
 
 # %% ../nbs/11_analysis.ipynb #9cb0104f
@@ -839,17 +839,17 @@ def stage_ignoring(ignoring: dict[str, torch.Tensor], # {block: (N, H, W) ignori
 def _overlay_grid(images, maps: dict[str, torch.Tensor], n: int, cmap: str, alpha: float, title: str):
     "Rows of images: the input, then each map of `maps` ({column label: (N, H, W) in [0, 1]}) over its grey copy."
     imgs = _as_display(images)[:n]
-    fig = Figure(figsize=(1.8 * (1 + len(maps)), 1.8 * len(imgs) + 0.4))
+    fig = Figure(figsize=(2.0 * (1 + len(maps)), 2.0 * len(imgs) + 0.6))   # text >= 9 pt: readable at 72 dpi
     axes = np.atleast_2d(fig.subplots(len(imgs), 1 + len(maps)))
     for i, im in enumerate(imgs):
         axes[i, 0].imshow(im)
         for j, (label, m) in enumerate(maps.items(), 1):
             axes[i, j].imshow(im.mean(-1), cmap="gray")
             shown = axes[i, j].imshow(m[i].cpu().numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
-            if i == 0: axes[i, j].set_title(label, fontsize="small")
-    axes[0, 0].set_title("input", fontsize="small")
+            if i == 0: axes[i, j].set_title(label, fontsize=10)
+    axes[0, 0].set_title("input", fontsize=10)
     for ax in axes.ravel(): ax.set_axis_off()
-    fig.suptitle(title, fontsize="medium")
+    fig.suptitle(title, fontsize=12)
     return fig, axes, shown
 
 def spatial_mask_figure(images, # the inputs: uint8 (N, H, W, 3) arrays, or (N, C, H, W) tensors
@@ -862,7 +862,8 @@ def spatial_mask_figure(images, # the inputs: uint8 (N, H, W, 3) arrays, or (N, 
     per = stage_ignoring(ignoring, stages)
     if not per: raise ValueError("no spatial masks: only CBAM blocks have them (SE masks are per channel)")
     fig, axes, shown = _overlay_grid(images, per, n, "magma", 0.6, title or "Ignoring mass (1 - spatial mask) per stage")
-    fig.colorbar(shown, ax=list(axes.ravel()), shrink=0.6, label="ignoring mass")
+    bar = fig.colorbar(shown, ax=list(axes.ravel()), shrink=0.6)
+    bar.set_label("ignoring mass", fontsize=10); bar.ax.tick_params(labelsize=9)
     return fig
 
 def grad_cam_figure(images, # the inputs: uint8 (N, H, W, 3) arrays, or (N, C, H, W) tensors
@@ -1038,7 +1039,7 @@ def probe_figure(probes: pd.DataFrame, # from `load_probes`
                      errorbar="sd", marker="o", ax=ax)
         if measure == "auc_vs_digit": ax.axhline(0.5, color="grey", lw=0.8, ls=":")
         ax.set(title=title, xlabel="epoch", ylabel=measure.replace("_", " "))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True)); ax.legend(fontsize="x-small", title=None)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True)); ax.legend(fontsize=9, title=None)
     fig.suptitle(labelled(f"Learning to ignore, epoch by epoch: {arch} on {dataset} (mean ± std over seeds)", p))
     fig.tight_layout()
     return fig

@@ -9,13 +9,15 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from configparser import ConfigParser
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 # %% auto #0
-__all__ = ['INDEX_NOTEBOOK', 'MANIFEST', 'MANIFEST_VERSION', 'INLINE_BACKEND', 'MATHJAX_FILE', 'MATHJAX_PACKAGE', 'BOOK_MARKER',
-           'MATHJAX_CONFIG', 'MATH_CHECK_JS', 'BOOK_CSS', 'TABLE_NOTEBOOKS', 'default_nbs_dir', 'book_notebooks',
-           'notebook_title', 'library_hash', 'code_hash', 'cells_with_outputs', 'read_manifest', 'slow_cells_run',
-           'kernel_env', 'clean_like_nbdev', 'BookExecutionError', 'execute_book', 'check_book', 'mathjax_source',
-           'reader_view', 'BookPage', 'Book', 'render_book', 'add_docs_arguments', 'docs_main', 'main']
+__all__ = ['INDEX_NOTEBOOK', 'MANIFEST', 'MANIFEST_VERSION', 'INLINE_BACKEND', 'KERNELSPEC', 'MATHJAX_FILE', 'MATHJAX_PACKAGE',
+           'BOOK_MARKER', 'MATHJAX_CONFIG', 'MATH_CHECK_JS', 'BOOK_CSS', 'TABLE_NOTEBOOKS', 'default_nbs_dir',
+           'book_notebooks', 'notebook_title', 'library_hash', 'code_hash', 'cells_with_outputs', 'read_manifest',
+           'slow_cells_run', 'kernel_env', 'clean_like_nbdev', 'BookExecutionError', 'execute_book', 'all_notebooks',
+           'metadata_problem', 'set_kernelspec', 'check_book', 'mathjax_source', 'reader_view', 'BookPage', 'Book',
+           'render_book', 'add_docs_arguments', 'docs_main', 'main']
 
 # %% ../nbs/15_book.ipynb #c04e56f2
 INDEX_NOTEBOOK = "index.ipynb"
@@ -174,6 +176,7 @@ def _execute_one(path: Path, env: dict, timeout: int, allow_errors: bool, kernel
     total = time.perf_counter() - t0
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     errors = [c.get("id", "") for c in code_cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    nb.metadata["kernelspec"] = {"display_name": kernel_name, "language": "python", "name": kernel_name}   # what it ran on
     nbformat.write(nb, path)
     clean_like_nbdev(path)
     slowest = sorted(seconds.items(), key=lambda kv: -kv[1])[:5]
@@ -199,7 +202,6 @@ def execute_book(nbs_dir=None, # the notebooks folder (default: this checkout's 
                  timeout: int = 600, # seconds one cell may run before its notebook is stopped
                  threads: int = 1, # CPU threads per kernel; outputs repeat exactly for a given value
                  workers: int = 1, # notebooks executed at once (2 on a 2-core machine: one kernel per core)
-                 dpi: int = 72, # resolution of the figures (PNG), small enough to commit
                  allow_errors: bool = False, # run on past failing cells (for timing; the manifest records them)
                  lib_dir=None, # the package whose sources are hashed (default: the imported ignore_attn)
                  kernel_name: str = "python3", # the Jupyter kernel
@@ -212,29 +214,64 @@ def execute_book(nbs_dir=None, # the notebooks folder (default: this checkout's 
     lib = library_hash(lib_dir)
     manifest, done, failed = read_manifest(nbs), {}, {}
     manifest["version"] = MANIFEST_VERSION
-    with tempfile.TemporaryDirectory(prefix="ignore-attn-book-") as rc:
-        (Path(rc) / "matplotlibrc").write_text(f"figure.dpi: {dpi}\nsavefig.dpi: {dpi}\n")
-        env = kernel_env(threads, rc)
-        log(f"executing {len(todo)} notebooks in {nbs} ({workers} at a time, {threads} thread(s) each, cells time out after {timeout} s)")
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = {pool.submit(_execute_one, p, env, timeout, allow_errors, kernel_name): p for p in todo}
-            for future in as_completed(futures):
-                path, record = futures[future], future.result()
-                if "error" in record:
-                    failed[path.name] = record["error"]
-                    log(f"  {path.name}: FAILED after {record['seconds']:.0f} s: {record['error']}")
-                    continue
-                record["library"] = lib
-                done[path.name] = manifest["notebooks"][path.name] = record
-                _write_manifest(nbs, manifest)              # at once: a later failure loses nothing
-                note = f", cells that raised: {', '.join(record['errors'])}" if record["errors"] else ""
-                log(f"  {path.name}: {record['seconds']:.0f} s{note}")
-        log(f"executed {len(done)} of {len(todo)} notebooks in {time.perf_counter() - t0:.0f} s")
+    # figures: the kernels start in nbs/ and read its matplotlibrc, as a JupyterLab kernel started there does
+    env = kernel_env(threads, nbs if (nbs / "matplotlibrc").is_file() else None)
+    log(f"executing {len(todo)} notebooks in {nbs} ({workers} at a time, {threads} thread(s) each, cells time out after {timeout} s)")
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {pool.submit(_execute_one, p, env, timeout, allow_errors, kernel_name): p for p in todo}
+        for future in as_completed(futures):
+            path, record = futures[future], future.result()
+            if "error" in record:
+                failed[path.name] = record["error"]
+                log(f"  {path.name}: FAILED after {record['seconds']:.0f} s: {record['error']}")
+                continue
+            record["library"] = lib
+            done[path.name] = manifest["notebooks"][path.name] = record
+            _write_manifest(nbs, manifest)              # at once: a later failure loses nothing
+            note = f", cells that raised: {', '.join(record['errors'])}" if record["errors"] else ""
+            log(f"  {path.name}: {record['seconds']:.0f} s{note}")
+    log(f"executed {len(done)} of {len(todo)} notebooks in {time.perf_counter() - t0:.0f} s")
     if failed:
         raise BookExecutionError("\n".join(f"{name}: {why}; fix it, then run `ignore-attn docs --execute --only "
                                            f"{Path(name).stem}`" for name, why in failed.items()))
     return done
+
+# %% ../nbs/15_book.ipynb #953b644f
+KERNELSPEC = {"display_name": "python3", "language": "python", "name": "python3"}   # nbdev_clean sets display_name = name
+_NBDEV_KEEPS = ("kernelspec", "jekyll", "jupytext", "doc", "widgets")   # the notebook metadata nbdev_clean keeps
+
+def all_notebooks(nbs_dir=None, # the notebooks folder (default: this checkout's nbs/)
+                 ) -> list[Path]: # the book's notebooks, then the others under it (nbs/experiments), checkpoints left out
+    "Every notebook under the notebooks folder: the book's in reading order, then the rest by path."
+    book = book_notebooks(nbs_dir)
+    nbs = Path(nbs_dir).expanduser() if nbs_dir is not None else default_nbs_dir()
+    rest = sorted(p for p in nbs.rglob("*.ipynb") if p not in book and ".ipynb_checkpoints" not in p.parts)
+    return book + rest
+
+def metadata_problem(nb, # a notebook (the parsed JSON)
+                     allowed: Iterable[str] = (), # more notebook metadata keys settings.ini lets nbdev_clean keep
+                    ) -> str | None: # what is wrong with its metadata and the fix; None when it is the committed form
+    "Why a notebook's metadata is not the committed form (the kernelspec `KERNELSPEC`, no key nbdev_clean drops), or None."
+    meta = nb.get("metadata", {})
+    if meta.get("kernelspec") != KERNELSPEC:
+        return (f"its kernelspec is {meta.get('kernelspec')}, not {KERNELSPEC} (JupyterLab asks for a kernel, or a save "
+                "changed it); run nbdev_clean, or `python -m ignore_attn.book --set-kernelspec` where it has none")
+    extra = sorted(set(meta) - set(_NBDEV_KEEPS) - set(allowed))
+    if extra: return f"its metadata has {', '.join(extra)}, which nbdev_clean removes (a JupyterLab save?); run nbdev_clean"
+    return None
+
+def set_kernelspec(nbs_dir=None, # the notebooks folder (default: this checkout's nbs/)
+                  ) -> list[Path]: # the notebooks changed
+    "Give every notebook under `nbs_dir` the kernelspec `KERNELSPEC`, changing nothing else (written as nbdev writes)."
+    changed = []
+    for path in all_notebooks(nbs_dir):
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        if nb.get("metadata", {}).get("kernelspec") == KERNELSPEC: continue
+        nb.setdefault("metadata", {})["kernelspec"] = dict(KERNELSPEC)
+        path.write_text(json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        changed.append(path)
+    return changed
 
 # %% ../nbs/15_book.ipynb #ff188bd6
 def _fix(path: Path) -> str:
@@ -249,6 +286,7 @@ def check_book(nbs_dir=None, # the notebooks folder (default: this checkout's nb
     nbs = notebooks[0].parent
     problems, manifest, lib = [], read_manifest(nbs), library_hash(lib_dir)
     cfg = _settings(nbs.resolve())
+    allowed = cfg["DEFAULT"].get("allowed_metadata_keys", "").split() if cfg is not None else []
     if cfg is not None and cfg["DEFAULT"].get("clear_all", "False").strip().lower() in ("true", "1", "yes", "y"):
         problems.append("settings.ini sets clear_all = True, so nbdev_clean strips every output of the book; set clear_all = False")
     for path in notebooks:
@@ -269,6 +307,12 @@ def check_book(nbs_dir=None, # the notebooks folder (default: this checkout's nb
             have, had = cells_with_outputs(nb), rec.get("outputs", 0)
             what = f"{have} of the {had} code cells that had outputs when executed still have them" if had else "it shows no output at all"
             problems.append(f"{name}: outputs missing ({what}); {_fix(path)}")
+        if rec is not None and (why := metadata_problem(nb, allowed)) is not None:   # executing sets the kernelspec
+            problems.append(f"{name}: {why}")
+    for path in all_notebooks(nbs)[len(notebooks):]:   # nbs/experiments: not chapters, but opened in JupyterLab all the same
+        try: why = metadata_problem(json.loads(path.read_text(encoding="utf-8")), allowed)
+        except ValueError as e: why = f"not a valid notebook ({_one_line(e, 80)}); repair it (git checkout)"
+        if why is not None: problems.append(f"{path.relative_to(nbs.parent)}: {why}")
     return problems
 
 # %% ../nbs/15_book.ipynb #204dcf37
@@ -529,12 +573,18 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--execute", nargs="*", metavar="NOTEBOOK", help="re-execute these notebooks (default: all) in place")
     what.add_argument("--check", action="store_true", help="exit 1 naming each notebook whose outputs are missing or stale")
     what.add_argument("--render", metavar="OUT", help="render the book into the folder OUT")
+    what.add_argument("--set-kernelspec", action="store_true", help="give every notebook under nbs/ the standard kernelspec (metadata only)")
     p.add_argument("--nbs", default=None, help="the notebooks folder (default: this checkout's nbs/)")
     p.add_argument("--timeout", type=int, default=600, help="with --execute: seconds a cell may run (default 600)")
     p.add_argument("--workers", type=int, default=1, help="with --execute: notebooks executed at once (default 1)")
     a = p.parse_args(argv)
     args = argparse.Namespace(out=a.render, runs=None, nbs=a.nbs, execute=a.execute is not None, only=a.execute or None,
                               check=a.check, timeout=a.timeout, workers=a.workers, quiet=False)
+    if a.set_kernelspec:
+        try: changed = set_kernelspec(a.nbs)
+        except FileNotFoundError as e: print(f"error: {e}", file=sys.stderr); return 2
+        print(f"kernelspec set in {len(changed)} notebooks" + "".join(f"\n  {p}" for p in changed))
+        return 0
     if a.execute is not None and a.render is None:   # execute only: no site
         try: execute_book(a.nbs, only=a.execute or None, timeout=a.timeout, workers=a.workers)
         except BookExecutionError as e: print(f"some notebooks did not execute:\n{e}", file=sys.stderr); return 1
