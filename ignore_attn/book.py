@@ -14,8 +14,9 @@ from pathlib import Path
 __all__ = ['INDEX_NOTEBOOK', 'MANIFEST', 'MANIFEST_VERSION', 'INLINE_BACKEND', 'MATHJAX_FILE', 'MATHJAX_PACKAGE', 'BOOK_MARKER',
            'MATHJAX_CONFIG', 'MATH_CHECK_JS', 'BOOK_CSS', 'TABLE_NOTEBOOKS', 'default_nbs_dir', 'book_notebooks',
            'notebook_title', 'library_hash', 'code_hash', 'cells_with_outputs', 'read_manifest', 'slow_cells_run',
-           'kernel_env', 'clean_like_nbdev', 'BookExecutionError', 'execute_book', 'check_book', 'mathjax_source',
-           'reader_view', 'BookPage', 'Book', 'render_book', 'add_docs_arguments', 'docs_main', 'main']
+           'kernel_env', 'clean_like_nbdev', 'BookExecutionError', 'execute_book', 'output_problems', 'check_book',
+           'mathjax_source', 'reader_view', 'BookPage', 'Book', 'render_book', 'add_docs_arguments', 'docs_main',
+           'main']
 
 # %% ../nbs/15_book.ipynb #c04e56f2
 INDEX_NOTEBOOK = "index.ipynb"
@@ -232,6 +233,47 @@ def execute_book(nbs_dir=None, # the notebooks folder (default: this checkout's 
                                            f"{Path(name).stem}`" for name, why in failed.items()))
     return done
 
+# %% ../nbs/15_book.ipynb #b57a0bca
+_WARNING = re.compile(r"\b[A-Z]\w*Warning: ")
+_TRACEBACK = "Traceback (most recent call last)"
+# Paths of one machine; (?<!...) skips URLs such as https://github.com/x/y/blob/main/ignore_attn/flip.py
+_MACHINE_PATH = re.compile(r"(?<![\w.:/])(/home/\S+|/Users/\S+|/root/\S*|[A-Za-z]:\\Users\\\S+|\S*/(?:site|dist)-packages/\S*"
+                           r"|(?:/[\w.+-]+)+/(?:nbs|ignore_attn)/\S*)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TEXT_TYPES = ("text/plain", "text/markdown", "text/html", "text/latex")
+
+def _output_texts(output) -> list[str]:
+    "The text a reader sees in one output (images are not read)."
+    join = lambda t: _ANSI.sub("", t if isinstance(t, str) else "".join(t))
+    if output.get("output_type") == "stream": return [join(output.get("text", ""))]
+    if output.get("output_type") == "error": return [join("\n".join(output.get("traceback", [])))]
+    return [join(output.get("data", {})[k]) for k in _TEXT_TYPES if k in output.get("data", {})]
+
+def _library_stderr(output) -> str:
+    "The first stderr line not written by ignore-attn itself (its CLI's errors start with 'ignore-attn'), or ''."
+    if output.get("output_type") != "stream" or output.get("name") != "stderr": return ""
+    return next((l for l in _output_texts(output)[0].splitlines() if l.strip() and not l.startswith("ignore-attn")), "")
+
+def output_problems(nb, # a notebook (nbformat node or the parsed JSON)
+                    roots=(), # folders whose absolute paths must not appear either (e.g. this checkout)
+                   ) -> list[str]: # 'cell N (id ...): what', one line per offending cell; [] when the outputs are clean
+    "The committed outputs a reader should not see: warnings, tracebacks, stderr chatter of libraries, paths of the machine."
+    roots = [str(Path(r)) for r in roots]
+    found = []
+    for i, cell in enumerate(nb["cells"]):
+        what = ""
+        for out in cell.get("outputs", []) if cell["cell_type"] == "code" else []:
+            texts = _output_texts(out)
+            if out.get("output_type") == "error": what = f"a traceback ({out.get('ename', '?')})"
+            elif m := next((m for t in texts if (m := _WARNING.search(t))), None): what = f"a warning ({_one_line(m.string[m.start():], 80)})"
+            elif any(_TRACEBACK in t for t in texts): what = "a traceback"
+            elif m := next((m for t in texts if (m := _MACHINE_PATH.search(t))), None): what = f"a path of the machine that ran it ({_one_line(m[0], 60)})"
+            elif r := next((r for r in roots for t in texts if r in t), None): what = f"a path of the machine that ran it ({r})"
+            elif line := _library_stderr(out): what = f"a library's message on stderr ({_one_line(line, 60)})"
+            if what: break
+        if what: found.append(f"cell {i} (id {cell.get('id', '?')}): {what}")
+    return found
+
 # %% ../nbs/15_book.ipynb #ff188bd6
 def _fix(path: Path) -> str:
     return f"run `ignore-attn docs --execute --only {path.stem}` (or `python -m ignore_attn.book --execute {path.stem}`)"
@@ -239,7 +281,7 @@ def _fix(path: Path) -> str:
 def check_book(nbs_dir=None, # the notebooks folder (default: this checkout's nbs/)
                lib_dir=None, # the package whose sources the manifest hashed (default: the imported ignore_attn)
               ) -> list[str]: # one line per problem, naming the notebook and the fix; [] when the book is fresh
-    "Which committed notebooks of the book have missing or stale outputs."
+    "Which committed notebooks of the book have missing or stale outputs, or outputs that belong to the machine that ran them."
     notebooks = book_notebooks(nbs_dir)
     if not notebooks: return [f"no notebooks in {nbs_dir}: nothing to check (is it the repository's nbs/ folder?)"]
     nbs = notebooks[0].parent
@@ -265,6 +307,8 @@ def check_book(nbs_dir=None, # the notebooks folder (default: this checkout's nb
             have, had = cells_with_outputs(nb), rec.get("outputs", 0)
             what = f"{have} of the {had} code cells that had outputs when executed still have them" if had else "it shows no output at all"
             problems.append(f"{name}: outputs missing ({what}); {_fix(path)}")
+        for p in output_problems(nb, roots=[nbs.resolve().parent, Path.home()]):
+            problems.append(f"{name}: {p}; change the cell's source so it shows none, then {_fix(path)}")
     return problems
 
 # %% ../nbs/15_book.ipynb #204dcf37
