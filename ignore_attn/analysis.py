@@ -19,21 +19,20 @@ from matplotlib.ticker import MaxNLocator
 import seaborn as sns
 from scipy import stats
 
-from .flip import CONTROL_KINDS, KINDS, all_specs, parse_spec
+from .flip import CONTROL_KINDS, KINDS, all_specs, method_colour, parse_spec
 from .attention import AttentionBlock, record_masks
 
 # %% auto #0
 __all__ = ['TABLES', 'DATASET_METRICS', 'METRIC_LABELS', 'RUN_MARKERS', 'REPORT_MARKER', 'METRIC_FIELDS', 'RUN_COLUMNS',
-           'HISTORY_KEYS', 'SYNTHETIC_LABEL', 'TABLE_CSS', 'DATASET_LABELS', 'FAMILY_HUES', 'FLIP_SHADES',
-           'STANDARD_COLOUR', 'PROBE_FILE', 'paper_results', 'canonical_dataset', 'metrics_for', 'table_of',
-           'method_order', 'find_run_dirs', 'read_run', 'collect_runs', 'write_demo_runs', 'load_history', 'labelled',
-           'PaperTable', 'ours_text', 'paper_text', 'p_text', 'run_metric', 'welch_p', 'counterpart', 'paper_table',
-           'table_html', 'run_groups', 'save_figure', 'method_colour', 'loss_curves_figure', 'paper_value',
-           'error_figure', 'cost_figure', 'load_run_model', 'grad_cam', 'cam_layer', 'attention_masks',
-           'attention_stages', 'channel_mask_frame', 'channel_mask_figure', 'ignoring_maps', 'border_band',
-           'border_centre_table', 'stage_ignoring', 'spatial_mask_figure', 'grad_cam_figure', 'distractor_table',
-           'ProbeBatch', 'probe_model', 'probe_callback', 'load_probes', 'probe_figure', 'control_table',
-           'ignoring_verdict', 'attention_report', 'summarize_stages', 'run_images']
+           'HISTORY_KEYS', 'SYNTHETIC_LABEL', 'TABLE_CSS', 'DATASET_LABELS', 'PROBE_FILE', 'paper_results',
+           'canonical_dataset', 'metrics_for', 'table_of', 'method_order', 'find_run_dirs', 'read_run', 'collect_runs',
+           'write_demo_runs', 'load_history', 'labelled', 'PaperTable', 'ours_text', 'paper_text', 'p_text',
+           'run_metric', 'welch_p', 'counterpart', 'paper_table', 'table_html', 'run_groups', 'save_figure',
+           'loss_curves_figure', 'paper_value', 'error_figure', 'cost_figure', 'load_run_model', 'grad_cam',
+           'cam_layer', 'attention_masks', 'attention_stages', 'channel_mask_frame', 'channel_mask_figure',
+           'ignoring_maps', 'border_band', 'border_centre_table', 'stage_ignoring', 'spatial_mask_figure',
+           'grad_cam_figure', 'distractor_table', 'ProbeBatch', 'probe_model', 'probe_callback', 'load_probes',
+           'probe_figure', 'control_table', 'ignoring_verdict', 'attention_report', 'summarize_stages', 'run_images']
 
 # %% ../nbs/11_analysis.ipynb #c206c968
 def paper_results() -> pd.DataFrame:
@@ -495,28 +494,6 @@ def save_figure(fig: Figure, # the figure to save
 def _group(df: pd.DataFrame, dataset: str, arch: str) -> pd.DataFrame:
     return df[(df["dataset"] == dataset) & (df["arch"] == arch)]
 
-FAMILY_HUES = {"se": 0.58, "cbam": 0.07, "mmtm": 0.78}   # blue, orange, purple (hue in [0, 1))
-# (lightness, hue shift) per flip: attending is dark, the paper's flips lighter step by step, the authors' extras shifted
-FLIP_SHADES = {None: (0.30, 0.0), "ign1": (0.44, 0.0), "ign2": (0.56, 0.0), "ign3": (0.68, 0.0),
-               "exp": (0.38, -0.06), "sigexp": (0.54, -0.06)}
-STANDARD_COLOUR = "#262626"
-_SPEC_NAME = re.compile(r"^(?P<kind>[a-z0-9]+)(?:-(?P<flip>[a-z0-9]+))?(?:\((?P<alpha>[0-9.]+)\))?$")
-
-def method_colour(spec: str, # an attention spec ('se', 'cbam-ign3', 'se-ign1(0.5)', 'se-const', 'standard', ...)
-                 ) -> str: # '#rrggbb'
-    "The method's colour, from its name alone: a family's hue, dark when it attends, lighter per flip, grey for the control."
-    if spec == "standard": return STANDARD_COLOUR
-    m = _SPEC_NAME.match(str(spec))
-    kind, flip = (m["kind"], m["flip"]) if m else (str(spec), None)
-    hue = FAMILY_HUES.get(kind, (zlib.crc32(kind.encode()) % 1000) / 1000)     # a kind we do not know: a fixed hue of its own
-    if flip == "const": light, sat, shift = 0.52, 0.12, 0.0                       # the control: grey, tinted by its family
-    else:
-        light, shift = FLIP_SHADES.get(flip, (0.50, 0.12))
-        alpha = float(m["alpha"]) if m and m["alpha"] else 1.0
-        sat = 0.75 * (0.45 + 0.55 * min(max(alpha, 0.0), 1.0))                 # a smaller alpha: a paler shade of the same
-    r, g, b = colorsys.hls_to_rgb((hue + shift) % 1.0, light, sat)
-    return "#{:02x}{:02x}{:02x}".format(*(round(255 * v) for v in (r, g, b)))
-
 def _palette(methods: list[str]) -> dict:
     "{method: colour} for a figure's methods: `method_colour` of each, so a colour never depends on the others."
     return {m: method_colour(m) for m in methods}
@@ -581,7 +558,7 @@ def error_figure(runs: pd.DataFrame, # collected runs (`collect_runs`); only fin
     pv = [paper_value(paper, dataset, arch, m, metric) for m in order]
     if not all(math.isnan(v) for v in pv):
         ax.scatter(pv, range(len(order)), marker="D", s=40, facecolor="none", edgecolor="k", zorder=5, label="paper")
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))   # outside: it hides no point
     lo = np.nanmin([g["value"].min(), *pv]); hi = np.nanmax([g["value"].max(), *pv])
     ax.set_xlim(max(0.0, lo - 0.15 * (hi - lo + 1e-9) - 0.5), hi + 0.15 * (hi - lo + 1e-9) + 0.5)
     ax.set(title=labelled(f"Test {METRIC_LABELS[metric]}: {arch} on {dataset}", g), xlabel=METRIC_LABELS[metric], ylabel="")
@@ -601,9 +578,10 @@ def cost_figure(runs: pd.DataFrame, # collected runs (`collect_runs`); only fini
     fig = Figure(figsize=(9, 0.9 + 0.45 * len(order))); axes = fig.subplots(1, 2, sharey=True)
     wall = f"wall time ({'min' if minutes else 's'})"
     for ax, col, label in zip(axes, ("wall", "train_img_per_s"), (wall, "training images / s")):
-        sns.barplot(data=g, y="attention", x=col, order=order, hue="attention", hue_order=order,
-                    palette=_palette(order), errorbar=None, alpha=0.45, ax=ax, legend=False)
-        sns.stripplot(data=g, y="attention", x=col, order=order, color="k", size=4, jitter=0.15, ax=ax)
+        sns.barplot(data=g, y="attention", x=col, order=order, hue="attention", hue_order=order,   # bars from zero: the mean
+                    palette=_palette(order), saturation=1, errorbar=None, ax=ax, legend=False)
+        sns.stripplot(data=g, y="attention", x=col, order=order, color="white", edgecolor="k", linewidth=0.8, size=4,
+                      jitter=0.15, ax=ax)
         ax.set(xlabel=label, ylabel="")
     fig.suptitle(labelled(f"Training cost: {arch} on {dataset}", g))
     return fig

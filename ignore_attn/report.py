@@ -235,7 +235,8 @@ def figures_section(runs: pd.DataFrame,    # collected runs (`collect_runs`)
                    lambda: loss_curves_figure(history, dataset, arch))]
         makers += [(f"test-{m}", _error_caption(runs, paper, dataset, arch, m), lambda m=m: error_figure(runs, dataset, arch, m, paper))
                    for m in metrics_for(dataset)]
-        makers += [("cost", f"Training cost per method: wall time and images per second ({arch}, {dataset})",
+        makers += [("cost", f"Training cost per method ({arch}, {dataset}): bars from zero are the means over seeds, dots the seeds; "
+                            "wall time and training images per second from each run's metrics.json",
                     lambda: cost_figure(runs, dataset, arch))]
         for name, caption, make in makers:
             try:
