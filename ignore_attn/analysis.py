@@ -548,10 +548,12 @@ def error_figure(runs: pd.DataFrame, # collected runs (`collect_runs`); only fin
     order = method_order(g["attention"].unique())
     fig = Figure(figsize=(6.4, 0.9 + 0.45 * len(order))); ax = fig.subplots()
     sns.stripplot(data=g, y="attention", x="value", order=order, color="0.55", size=4, jitter=0.12, ax=ax, zorder=1)
+    ends = []                                   # the intervals' ends, so that the axis shows them whole
     for i, m in enumerate(order):
         v = g.loc[g["attention"] == m, "value"].dropna().to_numpy()
         if not len(v): continue
         half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else 0.0
+        ends += [v.mean() - half, v.mean() + half]
         ax.errorbar(v.mean(), i, xerr=half, fmt="o", ms=8, color=method_colour(m), ecolor=method_colour(m),
                     elinewidth=2, capsize=4, zorder=3, label="mean, 95 % CI" if i == 0 else None)
     paper = paper_results() if paper is None else paper
@@ -559,7 +561,7 @@ def error_figure(runs: pd.DataFrame, # collected runs (`collect_runs`); only fin
     if not all(math.isnan(v) for v in pv):
         ax.scatter(pv, range(len(order)), marker="D", s=40, facecolor="none", edgecolor="k", zorder=5, label="paper")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))   # outside: it hides no point
-    lo = np.nanmin([g["value"].min(), *pv]); hi = np.nanmax([g["value"].max(), *pv])
+    lo = np.nanmin([g["value"].min(), *pv, *ends]); hi = np.nanmax([g["value"].max(), *pv, *ends])
     ax.set_xlim(max(0.0, lo - 0.15 * (hi - lo + 1e-9) - 0.5), hi + 0.15 * (hi - lo + 1e-9) + 0.5)
     ax.set(title=labelled(f"Test {METRIC_LABELS[metric]}: {arch} on {dataset}", g), xlabel=METRIC_LABELS[metric], ylabel="")
     return fig

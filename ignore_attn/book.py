@@ -456,11 +456,12 @@ def _directives(source: str) -> tuple[list[str], str]:
         found.append(m[1]); lines.pop(0)
     return found, "\n".join(lines).strip("\n")
 
-def _public_names(code: str) -> set[str]:
-    "The public functions and classes a cell defines (none when it does not parse)."
+def _public_names(code: str) -> set[str] | None:
+    "The public functions and classes a cell defines; None for a cell of imports only (nothing to document); set() if unparsable."
     import ast
     try: tree = ast.parse(code)
     except SyntaxError: return set()
+    if tree.body and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body): return None
     return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not n.name.startswith("_")}
 
 def reader_view(nb, # a notebook node (not changed)
@@ -480,7 +481,7 @@ def reader_view(nb, # a notebook node (not changed)
             if "hide" in words or "include: false" in directives or (not code and not cell.get("outputs")): continue
             cell.source = code
             names = _public_names(code) if words & _HIDDEN_SOURCE else set()
-            if names and names <= documented:     # its show_doc entries say it all: the signature once, as nbdev does
+            if names is None or (names and names <= documented):   # imports, or what show_doc says: hidden, as nbdev does
                 if not cell.get("outputs"): continue
                 cell.metadata["transient"] = {"remove_source": True}
             if "echo: false" in directives or _SHOW_DOC.match(code):
