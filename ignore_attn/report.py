@@ -231,7 +231,8 @@ def figures_section(runs: pd.DataFrame,    # collected runs (`collect_runs`)
     out_parts = []
     for dataset, arch in run_groups(runs):
         items = []
-        makers = [("loss", f"Validation loss per epoch, mean ± std over seeds ({arch}, {dataset}); the paper's Figure 1",
+        makers = [("loss", f"Validation loss per epoch, mean (line) ± std (band) over seeds ({arch}, {dataset}), from each run's "
+                           "history.csv; the paper's Figure 1",
                    lambda: loss_curves_figure(history, dataset, arch))]
         makers += [(f"test-{m}", _error_caption(runs, paper, dataset, arch, m), lambda m=m: error_figure(runs, dataset, arch, m, paper))
                    for m in metrics_for(dataset)]
