@@ -15,9 +15,9 @@ from typing import Iterable
 __all__ = ['INDEX_NOTEBOOK', 'MANIFEST', 'MANIFEST_VERSION', 'INLINE_BACKEND', 'KERNELSPEC', 'MATHJAX_FILE', 'MATHJAX_PACKAGE',
            'BOOK_MARKER', 'MATHJAX_CONFIG', 'MATH_CHECK_JS', 'BOOK_CSS', 'TABLE_NOTEBOOKS', 'default_nbs_dir',
            'book_notebooks', 'notebook_title', 'library_hash', 'code_hash', 'cells_with_outputs', 'read_manifest',
-           'slow_cells_run', 'kernel_env', 'clean_like_nbdev', 'BookExecutionError', 'execute_book', 'all_notebooks',
-           'metadata_problem', 'set_kernelspec', 'check_book', 'mathjax_source', 'reader_view', 'BookPage', 'Book',
-           'render_book', 'add_docs_arguments', 'docs_main', 'main']
+           'slow_cells_run', 'kernel_env', 'clean_like_nbdev', 'BookExecutionError', 'execute_book', 'output_problems',
+           'all_notebooks', 'metadata_problem', 'set_kernelspec', 'check_book', 'mathjax_source', 'signature_rows',
+           'show_doc_html', 'reader_view', 'BookPage', 'Book', 'render_book', 'add_docs_arguments', 'docs_main', 'main']
 
 # %% ../nbs/15_book.ipynb #c04e56f2
 INDEX_NOTEBOOK = "index.ipynb"
@@ -237,6 +237,47 @@ def execute_book(nbs_dir=None, # the notebooks folder (default: this checkout's 
                                            f"{Path(name).stem}`" for name, why in failed.items()))
     return done
 
+# %% ../nbs/15_book.ipynb #b57a0bca
+_WARNING = re.compile(r"\b[A-Z]\w*Warning: ")
+_TRACEBACK = "Traceback (most recent call last)"
+# Paths of one machine; (?<!...) skips URLs such as https://github.com/x/y/blob/main/ignore_attn/flip.py
+_MACHINE_PATH = re.compile(r"(?<![\w.:/])(/home/\S+|/Users/\S+|/root/\S*|[A-Za-z]:\\Users\\\S+|\S*/(?:site|dist)-packages/\S*"
+                           r"|(?:/[\w.+-]+)+/(?:nbs|ignore_attn)/\S*)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TEXT_TYPES = ("text/plain", "text/markdown", "text/html", "text/latex")
+
+def _output_texts(output) -> list[str]:
+    "The text a reader sees in one output (images are not read)."
+    join = lambda t: _ANSI.sub("", t if isinstance(t, str) else "".join(t))
+    if output.get("output_type") == "stream": return [join(output.get("text", ""))]
+    if output.get("output_type") == "error": return [join("\n".join(output.get("traceback", [])))]
+    return [join(output.get("data", {})[k]) for k in _TEXT_TYPES if k in output.get("data", {})]
+
+def _library_stderr(output) -> str:
+    "The first stderr line not written by ignore-attn itself (its CLI's errors start with 'ignore-attn'), or ''."
+    if output.get("output_type") != "stream" or output.get("name") != "stderr": return ""
+    return next((l for l in _output_texts(output)[0].splitlines() if l.strip() and not l.startswith("ignore-attn")), "")
+
+def output_problems(nb, # a notebook (nbformat node or the parsed JSON)
+                    roots=(), # folders whose absolute paths must not appear either (e.g. this checkout)
+                   ) -> list[str]: # 'cell N (id ...): what', one line per offending cell; [] when the outputs are clean
+    "The committed outputs a reader should not see: warnings, tracebacks, stderr chatter of libraries, paths of the machine."
+    roots = [str(Path(r)) for r in roots]
+    found = []
+    for i, cell in enumerate(nb["cells"]):
+        what = ""
+        for out in cell.get("outputs", []) if cell["cell_type"] == "code" else []:
+            texts = _output_texts(out)
+            if out.get("output_type") == "error": what = f"a traceback ({out.get('ename', '?')})"
+            elif m := next((m for t in texts if (m := _WARNING.search(t))), None): what = f"a warning ({_one_line(m.string[m.start():], 80)})"
+            elif any(_TRACEBACK in t for t in texts): what = "a traceback"
+            elif m := next((m for t in texts if (m := _MACHINE_PATH.search(t))), None): what = f"a path of the machine that ran it ({_one_line(m[0], 60)})"
+            elif r := next((r for r in roots for t in texts if r in t), None): what = f"a path of the machine that ran it ({r})"
+            elif line := _library_stderr(out): what = f"a library's message on stderr ({_one_line(line, 60)})"
+            if what: break
+        if what: found.append(f"cell {i} (id {cell.get('id', '?')}): {what}")
+    return found
+
 # %% ../nbs/15_book.ipynb #953b644f
 KERNELSPEC = {"display_name": "python3", "language": "python", "name": "python3"}   # nbdev_clean sets display_name = name
 _NBDEV_KEEPS = ("kernelspec", "jekyll", "jupytext", "doc", "widgets")   # the notebook metadata nbdev_clean keeps
@@ -280,7 +321,7 @@ def _fix(path: Path) -> str:
 def check_book(nbs_dir=None, # the notebooks folder (default: this checkout's nbs/)
                lib_dir=None, # the package whose sources the manifest hashed (default: the imported ignore_attn)
               ) -> list[str]: # one line per problem, naming the notebook and the fix; [] when the book is fresh
-    "Which committed notebooks of the book have missing or stale outputs."
+    "Which committed notebooks of the book have missing or stale outputs, or outputs that belong to the machine that ran them."
     notebooks = book_notebooks(nbs_dir)
     if not notebooks: return [f"no notebooks in {nbs_dir}: nothing to check (is it the repository's nbs/ folder?)"]
     nbs = notebooks[0].parent
@@ -307,6 +348,8 @@ def check_book(nbs_dir=None, # the notebooks folder (default: this checkout's nb
             have, had = cells_with_outputs(nb), rec.get("outputs", 0)
             what = f"{have} of the {had} code cells that had outputs when executed still have them" if had else "it shows no output at all"
             problems.append(f"{name}: outputs missing ({what}); {_fix(path)}")
+        for p in output_problems(nb, roots=[nbs.resolve().parent, Path.home()]):
+            problems.append(f"{name}: {p}; change the cell's source so it shows none, then {_fix(path)}")
         if rec is not None and (why := metadata_problem(nb, allowed)) is not None:   # executing sets the kernelspec
             problems.append(f"{name}: {why}")
     for path in all_notebooks(nbs)[len(notebooks):]:   # nbs/experiments: not chapters, but opened in JupyterLab all the same
@@ -365,11 +408,93 @@ table.dataframe th,table.dataframe td,.rendered_html th,.rendered_html td{border
 table.dataframe th,.rendered_html th{background:#f3f3f3}
 mjx-container[display="true"]{overflow-x:auto;overflow-y:hidden}
 .book-links{font-size:.9em}
+.showdoc{border-top:1px solid #ddd;margin-top:1.2em}.showdoc h3,.showdoc h4{margin:.6em 0 .3em}
+.showdoc .source-link{float:right;font-size:.7em;font-weight:normal}.showdoc pre.signature{background:#f7f7f7;padding:.4em;white-space:pre-wrap}
+table.params{border-collapse:collapse;font-size:.85em;margin:.4em 0}table.params th,table.params td{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
+table.params th{background:#f3f3f3}
 """
+
+# %% ../nbs/15_book.ipynb #3fc48b4a
+_SOURCE_LINK = re.compile(r"\[source\]\((?P<url>[^)\s]+)\)(\{[^}]*\})?\s*")
+_SIG_BLOCK = re.compile(r"```python\n(.*?)\n```", re.S)
+_BLOB = re.compile(r"/blob/[^/]+/(?P<path>[^#]+)(?:#L(?P<line>\d+))?$")
+
+def _md(text: str, inline: bool = False) -> str:
+    "Markdown to HTML (mistune, which nbconvert uses)."
+    import mistune
+    out = mistune.html(text).strip()
+    return re.sub(r"^<p>(.*)</p>$", r"\1", out, flags=re.S) if inline else out
+
+def signature_rows(sig: str, # show_doc's signature: 'def f(\n    x:int=1, # what x is\n)->T: # what comes back'
+                  ) -> tuple[str, list[tuple[str, str, str, str]]] | None: # ('f(x:int=1) -> T', [(name, type, default, docment)]), None if not Python
+    "A show_doc signature as one line and the rows of its parameter table; the last row, 'Returns', when it has a docment or a type."
+    import ast, io, tokenize
+    try:
+        fn = ast.parse(sig + "\n    pass\n").body[0]
+        comments = {t.start[0]: t.string.lstrip("#").strip() for t in tokenize.generate_tokens(io.StringIO(sig + "\n").readline)
+                    if t.type == tokenize.COMMENT}
+    except (SyntaxError, tokenize.TokenError, IndentationError): return None
+    if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)): return None
+    a = fn.args
+    positional = a.posonlyargs + a.args
+    defaults = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
+    params = ([(p, d, "") for p, d in zip(positional, defaults)] + ([(a.vararg, None, "*")] if a.vararg else [])
+              + [(p, d, "") for p, d in zip(a.kwonlyargs, a.kw_defaults)] + ([(a.kwarg, None, "**")] if a.kwarg else []))
+    last_on_line = {p.lineno: p.arg for p, _, _ in params}      # a comment documents the last parameter on its line
+    rows, parts = [], []
+    for p, d, star in params:
+        kind = ast.unparse(p.annotation) if p.annotation is not None else ""
+        default = ast.unparse(d) if d is not None else ""
+        parts.append(f"{star}{p.arg}" + (f":{kind}" if kind else "") + (f"={default}" if default else ""))
+        rows.append((star + p.arg, kind, default, comments.get(p.lineno, "") if last_on_line[p.lineno] == p.arg else ""))
+    returns = ast.unparse(fn.returns) if fn.returns is not None else ""
+    if returns or comments.get(getattr(fn.returns, "lineno", -1)):
+        rows.append(("Returns", returns, "", comments.get(getattr(fn.returns, "lineno", -1), "")))
+    return f"{fn.name}({', '.join(parts)})" + (f" -> {returns}" if returns else ""), rows
+
+def _source_href(url: str, src_root, page_dir) -> str:
+    "show_doc's source link as a link to the file in the reader's checkout, or '' when that file is not there."
+    m = _BLOB.search(url)
+    if src_root is None or m is None or not (Path(src_root) / m["path"]).is_file(): return ""
+    where = m["path"] + (f", line {m['line']}" if m["line"] else "")
+    from urllib.parse import quote
+    link = quote(Path(os.path.relpath(Path(src_root) / m["path"], page_dir if page_dir is not None else Path.cwd())).as_posix())
+    return f'<a class="source-link" href="{link}" title="the source, in this checkout">{html.escape(where)}</a>'
+
+def show_doc_html(markdown: str, # a show_doc output's text/markdown
+                  src_root=None, # the checkout the source link points into (None: no link)
+                  page_dir=None, # the folder of the page the link is relative to
+                 ) -> str: # HTML: heading, one-line signature, docstring, parameter table
+    "A show_doc entry as nbdev's docs render it, without Quarto's markup."
+    text = markdown.replace("---\n", "", 1) if markdown.lstrip().startswith("---") else markdown
+    link = _SOURCE_LINK.search(text)
+    source = _source_href(link["url"], src_root, page_dir) if link else ""
+    text = _SOURCE_LINK.sub("", text)
+    head = re.search(r"^(#{1,6}) (.+)$", text, re.M)
+    sig = _SIG_BLOCK.search(text)
+    parsed = signature_rows(sig[1]) if sig else None
+    rest = text[sig.end():] if sig else text[head.end():] if head else text
+    out = ['<div class="showdoc">']
+    if head:
+        level, name = len(head[1]), head[2].strip()
+        out.append(f'<h{level} id="{html.escape(name)}">{html.escape(name)}{" " + source if source else ""}</h{level}>')
+    if parsed:
+        line, rows = parsed
+        out.append(f'<pre class="signature"><code>{html.escape(line)}</code></pre>')
+    elif sig: out.append(f'<pre class="signature"><code>{html.escape(sig[1])}</code></pre>')
+    if rest.strip(): out.append(_md(rest.strip()))
+    if parsed and parsed[1]:
+        body = "".join(f"<tr><td><strong>{html.escape(n)}</strong></td><td>{html.escape(t)}</td><td>{html.escape(d)}</td>"
+                       f"<td>{_md(c, inline=True) if c else ''}</td></tr>" for n, t, d, c in parsed[1])
+        out.append('<table class="params"><thead><tr><th></th><th>Type</th><th>Default</th><th>Details</th></tr></thead>'
+                   f"<tbody>{body}</tbody></table>")
+    return "\n".join(out + ["</div>"])
 
 # %% ../nbs/15_book.ipynb #c9b4d73e
 _DIRECTIVE = re.compile(r"^\s*#\|\s*(.*?)\s*$")
 _NB_LINK = re.compile(r"\]\((index|\d{2}_[A-Za-z0-9_-]+)\.ipynb(#[^)\s]*)?\)")
+_SHOW_DOC = re.compile(r"^show_doc\(\s*([\w.]+)")
+_HIDDEN_SOURCE = {"export", "exporti"}          # nbdev's docs show these cells' API through show_doc, not their code
 
 def _directives(source: str) -> tuple[list[str], str]:
     "The leading nbdev directives (`#| ...`) of a code cell and the code after them."
@@ -378,10 +503,21 @@ def _directives(source: str) -> tuple[list[str], str]:
         found.append(m[1]); lines.pop(0)
     return found, "\n".join(lines).strip("\n")
 
+def _public_names(code: str) -> set[str] | None:
+    "The public functions and classes a cell defines; None for a cell of imports only (nothing to document); set() if unparsable."
+    import ast
+    try: tree = ast.parse(code)
+    except SyntaxError: return set()
+    if tree.body and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body): return None
+    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not n.name.startswith("_")}
+
 def reader_view(nb, # a notebook node (not changed)
+                src_root=None, # the checkout holding the sources: show_doc's source links point into it (None: no links)
+                page_dir=None, # the folder of the page, which the source links are relative to (default: the cwd)
                ) -> dict: # the copy a reader sees (a NotebookNode)
-    "The notebook as the site shows it: without `#| hide` cells and nbdev's `#|` lines, `show_doc` calls without their code."
+    "The notebook as the site shows it: no `#| hide` cells or `#|` lines, `show_doc` as a heading, a signature and a table."
     view = copy.deepcopy(nb)   # a NotebookNode: attribute access below
+    documented = {m[1].split(".")[-1] for c in view.cells if c.cell_type == "code" and (m := _SHOW_DOC.match(_directives(c.source)[1]))}
     cells = []
     for cell in view.cells:
         if cell.cell_type == "markdown":
@@ -391,8 +527,15 @@ def reader_view(nb, # a notebook node (not changed)
             words = {d.split(":")[0].strip() for d in directives}
             if "hide" in words or "include: false" in directives or (not code and not cell.get("outputs")): continue
             cell.source = code
-            if "echo: false" in directives or re.match(r"^show_doc\(", code):
+            names = _public_names(code) if words & _HIDDEN_SOURCE else set()
+            if names is None or (names and names <= documented):   # imports, or what show_doc says: hidden, as nbdev does
+                if not cell.get("outputs"): continue
+                cell.metadata["transient"] = {"remove_source": True}
+            if "echo: false" in directives or _SHOW_DOC.match(code):
                 cell.metadata["transient"] = {"remove_source": True}   # nbconvert's templates then skip the input
+                for out in cell.get("outputs", []):
+                    if "text/markdown" in out.get("data", {}) and "```" in out.data["text/markdown"]:
+                        out.data = {"text/html": show_doc_html(out.data["text/markdown"], src_root, page_dir)}
         cells.append(cell)
     view.cells = cells
     return view
@@ -522,8 +665,9 @@ def _write_book(out: Path, notebooks: list[Path], mathjax: Path, report_home) ->
             f"<script>{MATH_CHECK_JS}</script>\n")
     for p in pages:
         render_notebook(read.get(p.notebook, p.notebook), p.html, f"{p.title} - ignore-attn", home,
-                        intro=book.report_links(p.stem), prepare=reader_view, sidebar=book.sidebar(out, p.stem),
-                        head=head, header=header, extra_css=BOOK_CSS, trusted=True)   # the project's own notebooks
+                        intro=book.report_links(p.stem), prepare=lambda nb: reader_view(nb, notebooks[0].parent.parent, out),
+                        sidebar=book.sidebar(out, p.stem), head=head, header=header, extra_css=BOOK_CSS,
+                        trusted=True)   # the project's own notebooks
     return book
 
 # %% ../nbs/15_book.ipynb #bf1c8103

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['CONST_MASK', 'FLIP_TABLE', 'KINDS', 'PAPER_FLIPS', 'EXTRA_FLIPS', 'FLIPS', 'CONTROLS', 'CONTROL_KINDS', 'SPEC_HELP',
-           'attend', 't1', 't2', 't3', 't_exp', 't_sigexp', 'const_mask', 'Flip', 'Spec', 'parse_spec', 'flip_mask',
-           'all_specs']
+           'FAMILY_HUES', 'FLIP_SHADES', 'STANDARD_COLOUR', 'attend', 't1', 't2', 't3', 't_exp', 't_sigexp',
+           'const_mask', 'Flip', 'Spec', 'parse_spec', 'flip_mask', 'all_specs', 'method_colour']
 
 # %% ../nbs/00_flip.ipynb #ea0f85ea
 def attend(logits: torch.Tensor, # the branch's output z, any shape
@@ -186,3 +186,29 @@ def all_specs(kind: str, # 'se', 'cbam' or 'mmtm'
     flips = [n for n, f in FLIP_TABLE.items() if f.paper] + ([n for n, f in FLIP_TABLE.items() if not f.paper] if extras else [])
     specs = [kind] + [s for flip in flips for s in named(flip)]
     return specs + ([f"{kind}-{c}" for c in CONTROLS] if controls and kind in CONTROL_KINDS else [])
+
+# %% ../nbs/00_flip.ipynb #e772fa98
+import colorsys, zlib
+
+FAMILY_HUES = {"se": 0.58, "cbam": 0.07, "mmtm": 0.78}   # blue, orange, purple (hue in [0, 1))
+# (lightness, hue shift) per flip: attending is dark, the paper's flips lighter step by step, the authors' extras shifted
+FLIP_SHADES = {None: (0.30, 0.0), "ign1": (0.44, 0.0), "ign2": (0.56, 0.0), "ign3": (0.68, 0.0),
+               "exp": (0.38, -0.06), "sigexp": (0.54, -0.06)}
+STANDARD_COLOUR = "#262626"
+_SPEC_NAME = re.compile(r"^(?P<kind>[a-z0-9]+)(?:-(?P<flip>[a-z0-9]+))?(?:\((?P<alpha>[0-9.]+)\))?$")
+
+def method_colour(spec: str, # an attention spec ('se', 'cbam-ign3', 'se-ign1(0.5)', 'se-const', 'standard', ...)
+                 ) -> str: # '#rrggbb'
+    "The method's colour, from its name alone: a family's hue, dark when it attends, lighter per flip, grey for the control."
+    if spec == "standard": return STANDARD_COLOUR
+    m = _SPEC_NAME.match(str(spec))
+    kind, flip = (m["kind"], m["flip"]) if m else (str(spec), None)
+    hue = FAMILY_HUES.get(kind, (zlib.crc32(kind.encode()) % 1000) / 1000)     # a kind we do not know: a fixed hue of its own
+    if flip == "const": light, sat, shift = 0.52, 0.12, 0.0                       # the control: grey, tinted by its family
+    else:
+        light, shift = FLIP_SHADES.get(flip, (0.50, 0.12))
+        alpha = float(m["alpha"]) if m and m["alpha"] else 1.0
+        sat = 0.75 * (0.45 + 0.55 * min(max(alpha, 0.0), 1.0))                 # a smaller alpha: a paler shade of the same
+    r, g, b = colorsys.hls_to_rgb((hue + shift) % 1.0, light, sat)
+    return "#{:02x}{:02x}{:02x}".format(*(round(255 * v) for v in (r, g, b)))
+

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_report.ipynb #c10565e3
 from __future__ import annotations
-import argparse, html, json, os, re, shutil, string, subprocess, sys, time, warnings
+import argparse, html, json, math, os, re, shutil, string, subprocess, sys, time, warnings
 from contextlib import contextmanager
 from glob import escape as glob_escape
 from pathlib import Path
@@ -14,18 +14,18 @@ from urllib.parse import quote
 import pandas as pd
 
 from .analysis import (REPORT_MARKER, stays_in_run, TABLES, TABLE_CSS, DATASET_LABELS, METRIC_LABELS, collect_runs, cost_figure,
-                                  load_history, loss_curves_figure, metrics_for, paper_results, paper_table,
+                                  load_history, loss_curves_figure, metrics_for, paper_results, paper_table, paper_value,
                                   run_groups, save_figure, error_figure)
 from .engine import RunLock, RunLocked, describe_holder
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'SAFE_TAGS', 'SAFE_ATTRIBUTES', 'SITE_CSS', 'IMAGE_CHECK_JS', 'REPORT_HEADER', 'PAGE', 'ANALYSIS_HELP',
-           'QUARTO_MODES', 'DEFAULT_QUARTO_YML', 'SiteInUse', 'site_build', 'href', 'sanitize_html', 'page',
-           'render_notebook', 'summary_section', 'tables_section', 'comparisons_section', 'evidence_section',
-           'figures_section', 'copy_run_files', 'render_run_notebooks', 'runs_section', 'analysis_notebook',
-           'run_analysis', 'analysis_caption', 'analysis_section', 'default_results_dir', 'performance_section',
-           'quarto_yml', 'build_report', 'local_links', 'missing_links', 'add_report_arguments', 'report_main',
-           'report_command']
+__all__ = ['RUN_FILES', 'SAFE_TAGS', 'SAFE_ATTRIBUTES', 'SITE_CSS', 'IMAGE_CHECK_JS', 'REPORT_HEADER', 'PAGE', 'ANALYSIS_INTRO',
+           'ANALYSIS_HELP', 'PERFORMANCE_INTRO', 'QUARTO_MODES', 'DEFAULT_QUARTO_YML', 'SiteInUse', 'site_build',
+           'href', 'sanitize_html', 'page', 'render_notebook', 'summary_section', 'tables_section',
+           'comparisons_section', 'evidence_section', 'figures_section', 'copy_run_files', 'render_run_notebooks',
+           'runs_section', 'analysis_notebook', 'run_analysis', 'analysis_caption', 'analysis_section',
+           'default_results_dir', 'performance_section', 'quarto_yml', 'build_report', 'local_links', 'missing_links',
+           'add_report_arguments', 'report_main', 'report_command']
 
 # %% ../nbs/12_report.ipynb #a2574056
 RUN_FILES = ("metrics.json", "history.csv", "config.json", "error.txt")
@@ -263,9 +263,10 @@ def tables_section(runs: pd.DataFrame, # the collected runs (`collect_runs`)
     "Each of the paper's tables that has finished runs, as HTML (ours, paper, difference, paired p-value)."
     out = ['<p>Each cell: <strong>ours</strong> as mean ± sample std (number of seeds) of the test metric of the '
            "best-validation checkpoint; the <strong>paper</strong>'s value; <strong>Δ</strong> = ours - paper; "
-           "<strong>p</strong>: paired t-test, over the seeds both have, of an ignoring variant against its standard-attention "
-           "counterpart (se-ign* vs se, cbam-ign* vs cbam, mmtm-ign* vs mmtm; * below 0.05 before any adjustment; needs 2 "
-           "matched seeds; the paired comparisons below adjust the whole family). "
+           "<strong>p vs std</strong>: paired t-test, over the seeds both have, of the method against no attention (standard); "
+           "<strong>p vs att.</strong>: of an ignoring variant against its attending counterpart "
+           "(se-ign* vs se, cbam-ign* vs cbam, mmtm-ign* vs mmtm); * below 0.05 before any adjustment; a test needs 2 "
+           "matched seeds; the paired comparisons below adjust the whole family. "
            "Bold: the best of ours per column within an architecture.</p>"]
     shown = 0
     for key in TABLES:
@@ -329,6 +330,16 @@ def _figure_html(path: Path, out: Path, caption: str) -> str:
     return (f'<figure><img src="{href(path, out)}" alt="{html.escape(caption)}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
+def _error_caption(runs, paper, dataset: str, arch: str, metric: str) -> str:
+    "What `error_figure` draws and where its numbers come from; the paper's diamonds only when it has a number to show."
+    g = runs[(runs["status"] == "done") & (runs["dataset"] == dataset) & (runs["arch"] == arch)]
+    has_paper = any(not math.isnan(paper_value(paper, dataset, arch, m, metric)) for m in g["attention"].dropna().unique())
+    source = ("SYNTHETIC fixture runs (made-up numbers)" if g["synthetic"].astype(bool).any()
+              else "each run's metrics.json (test set, best-validation checkpoint)")
+    return (f"Test {METRIC_LABELS[metric]} per method ({arch}, {dataset}): grey dots are the seeds, the coloured dot and bar "
+            f"the mean and its 95 % confidence interval (Student's t)" + ("; open diamonds: the paper's number" if has_paper else "")
+            + f". Numbers: {source}.")
+
 def figures_section(runs: pd.DataFrame,    # collected runs (`collect_runs`)
                     history: pd.DataFrame, # per-epoch history of the finished runs (`load_history`)
                     paper: pd.DataFrame,   # the paper's numbers (`paper_results`)
@@ -339,11 +350,13 @@ def figures_section(runs: pd.DataFrame,    # collected runs (`collect_runs`)
     out_parts = []
     for dataset, arch in run_groups(runs):
         items = []
-        makers = [("loss", f"Validation loss per epoch, mean ± std over seeds ({arch}, {dataset}); the paper's Figure 1",
+        makers = [("loss", f"Validation loss per epoch, mean (line) ± std (band) over seeds ({arch}, {dataset}), from each run's "
+                           "history.csv; the paper's Figure 1",
                    lambda: loss_curves_figure(history, dataset, arch))]
-        makers += [(f"test-{m}", f"Test {METRIC_LABELS[m]} per method, one dot per seed; diamonds: the paper "
-                    f"({arch}, {dataset})", lambda m=m: error_figure(runs, dataset, arch, m, paper)) for m in metrics_for(dataset)]
-        makers += [("cost", f"Training cost per method: wall time and images per second ({arch}, {dataset})",
+        makers += [(f"test-{m}", _error_caption(runs, paper, dataset, arch, m), lambda m=m: error_figure(runs, dataset, arch, m, paper))
+                   for m in metrics_for(dataset)]
+        makers += [("cost", f"Training cost per method ({arch}, {dataset}): bars from zero are the means over seeds, dots the seeds; "
+                            "wall time and training images per second from each run's metrics.json",
                     lambda: cost_figure(runs, dataset, arch))]
         for name, caption, make in makers:
             try:
@@ -442,6 +455,9 @@ def run_analysis(runs_dir: Path, # the runs folder, the notebook's runs_dir para
         return (dest if dest.exists() else None), why
     return dest, None
 
+ANALYSIS_INTRO = ('<p><a href="index.html#analysis">&larr; back to the report</a></p><h1>Attention analysis</h1>'
+                  "<p>The analysis notebook <code>nbs/experiments/report.ipynb</code>, executed on this report's runs: "
+                  "Grad-CAM, the masks, border against centre and the distractors, with its code.</p>")
 ANALYSIS_HELP = ("<p>Per stage, averaged over its CBAM blocks, on test images no run trained on (one model per variant, "
                  "its lowest seed). <strong>border_share</strong>: share of the ignoring mass (1 - spatial mask) in the "
                  "border band, against <strong>border_area</strong>, the band's share of the pixels; "
@@ -494,13 +510,22 @@ def default_results_dir() -> Path:
     import ignore_attn
     return Path(ignore_attn.__file__).resolve().parents[1] / "benchmarks" / "results"
 
+PERFORMANCE_INTRO = ('<p><a href="index.html#performance">&larr; back to the report</a></p>'
+                     "<h1>Performance of the training paths</h1>"
+                     "<p>How fast each way of training the paper's networks runs on one GPU, measured by "
+                     "<code>benchmarks/device_suite.py</code> (its newest GPU run in <code>benchmarks/results/</code>): "
+                     "first that every fast path (AMP, channels-last, torch.compile, packed runs) trains like eager fp32, "
+                     "then training images per second of each path, with its ratio to the plain PyTorch loop measured in "
+                     "the same run, and the machine it ran on. CPU dry runs of the suite are never shown as results.</p>")
+
 def performance_section(out: Path, # the site folder
                         results_dir: str | Path | None = None, # the suite's .jsonl files (None: `default_results_dir()`)
+                        sidebar: str = "", # the site's sidebar for the page (`Book.sidebar`), as on the home page
                        ) -> str: # the home page's short section; the full page is written to out/performance.html
     "Write the Performance page from the device suite's results and return the home page's section linking to it."
     from ignore_attn.performance import performance_page_data
     data = performance_page_data(Path(results_dir) if results_dir is not None else default_results_dir())
-    body = [f"<p>{html.escape(data['message'])}</p>"]
+    body = [PERFORMANCE_INTRO, f"<p>{html.escape(data['message'])}</p>"]
     if data["status"] == "ok":
         png = save_figure(data["figure"], out / "figures" / "performance.png")
         body.append(_figure_html(png, out, "training images per second per path, and the ratio to the plain loop"))
@@ -510,7 +535,7 @@ def performance_section(out: Path, # the site folder
                 body.append(f"<h3>{title}</h3>" + '<div class="scroll">' + data[key].to_html(
                     index=False, float_format=lambda x: f"{x:.3g}", classes="runs", border=0, na_rep="") + "</div>")
         if data["table1"]: body.append("<h3>Table 1, first cell</h3><pre>" + html.escape(json.dumps(data["table1"], indent=1, default=str)) + "</pre>")
-    (out / "performance.html").write_text(page("Performance of the training paths", "\n".join(body)), encoding="utf-8")
+    (out / "performance.html").write_text(page("Performance of the training paths", "\n".join(body), sidebar=sidebar), encoding="utf-8")
     return (f"<p>{html.escape(data['message'])}. <a href=\"performance.html\">Performance page</a>: images per second "
             "of each training path on a GPU, from <code>benchmarks/device_suite.py</code>.</p>")
 
@@ -598,6 +623,7 @@ def _write_report(out: Path, runs: pd.DataFrame, runs_dir: Path, paper, quarto, 
                   results_dir, book) -> Path:
     "The report site of `runs` written into the new folder `out` (`build_report`); returns its home page."
     site_book = book(out / "book", report_home=out / "index.html", log=log) if book else None  # e.g. ignore_attn.book.render_book: the book in the same site
+    sidebar = site_book.sidebar(out) if site_book else ""      # every page at the site's root: the same template
     paper = paper_results() if paper is None else paper
     log(f"report: {len(runs)} runs under {runs_dir} ({', '.join(f'{n} {s}' for s, n in runs['status'].value_counts().items()) or 'none'})")
     runs.to_csv(out / "runs.csv", index=False)
@@ -611,7 +637,8 @@ def _write_report(out: Path, runs: pd.DataFrame, runs_dir: Path, paper, quarto, 
     if analysis and (runs["status"] == "done").any():
         executed, why = run_analysis(runs_dir, out, analysis_notebook() if analysis in ("auto", True) else Path(analysis), log)
         if executed is not None and not use_quarto:
-            render_notebook(executed, out / "analysis.html", "Attention analysis (nbs/experiments/report.ipynb)", "index.html")
+            render_notebook(executed, out / "analysis.html", "Attention analysis (nbs/experiments/report.ipynb)", "index.html",
+                            intro=ANALYSIS_INTRO, sidebar=sidebar)
         if why: log(f"  warning: analysis notebook: {why}")
     built = time.strftime("%Y-%m-%d %H:%M")
     book_links = lambda key: site_book.table_links(key, out) if site_book else ""
@@ -620,7 +647,7 @@ def _write_report(out: Path, runs: pd.DataFrame, runs_dir: Path, paper, quarto, 
                 ("evidence", "The paper's own evidence", evidence_section(out) + book_links("evidence")),
                 ("figures", "Figures", figures), ("analysis", "Attention analysis", analysis_section(out, executed, why)),
                 ("runs", "Runs", runs_section(runs, out, pages, files)),
-                ("performance", "Performance", performance_section(out, results_dir))]
+                ("performance", "Performance", performance_section(out, results_dir, sidebar))]
     home = None
     if use_quarto:
         try: home = _quarto_build(out, sections, runs, log)
@@ -628,12 +655,13 @@ def _write_report(out: Path, runs: pd.DataFrame, runs_dir: Path, paper, quarto, 
             if quarto == "always": raise
             log(f"  warning: quarto failed ({e}); building with the pure-Python renderer instead")
             shutil.rmtree(out / "_quarto_src", ignore_errors=True)
-            if executed is not None: render_notebook(executed, out / "analysis.html", "Attention analysis", "index.html")
+            if executed is not None: render_notebook(executed, out / "analysis.html", "Attention analysis", "index.html",
+                                                     intro=ANALYSIS_INTRO, sidebar=sidebar)
     if home is None:
         body = "\n".join((f'<section id="{a}">' + (f"<h2>{html.escape(t)}</h2>" if t else "") + f"\n{b}\n</section>")
                          for a, t, b in sections)
         home = out / "index.html"
-        home.write_text(page("ignore-attn: reproduction report", body, sidebar=site_book.sidebar(out) if site_book else ""),
+        home.write_text(page("ignore-attn: reproduction report", body, sidebar=sidebar),
                         encoding="utf-8")
     return home
 

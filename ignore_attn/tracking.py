@@ -4,7 +4,7 @@
 
 # %% ../nbs/19_tracking.ipynb #55ac592e
 from __future__ import annotations
-import json, numbers, os
+import json, logging, numbers, os
 from pathlib import Path
 from typing import Callable
 
@@ -97,7 +97,11 @@ def read_scalars(log_dir: str | Path, # a folder of event files, e.g. <run>/tens
     try: from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     except ModuleNotFoundError as e: raise _needs_tensorboard(e, "reading TensorBoard event files") from None
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})   # 0: keep every event, not a sample
-    acc.Reload()
+    # A resumed run writes its steps again; TensorBoard purges the old ones, as wanted, and logs a warning about it
+    quiet = logging.getLogger("tensorboard"); level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try: acc.Reload()
+    finally: quiet.setLevel(level)
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 # %% ../nbs/19_tracking.ipynb #3478959b

@@ -61,6 +61,43 @@ def test_site_pages_and_links(site):
     assert 'href="../index.html#tables">Table 1</a>' in (book / "04_models.html").read_text()
 
 
+def test_pages_show_no_raw_markup_and_show_doc_once(site):
+    "No Quarto attribute or div markup, no link to settings.ini's placeholder host; show_doc as heading, signature, table."
+    for path in book_notebooks(REPO / "nbs"):
+        text = (site / "book" / f"{path.stem}.html").read_text()
+        prose = re.sub(r"<pre.*?</pre>|<code>.*?</code>|<script.*?</script>", "", text, flags=re.S)   # code may quote markup
+        assert "{target=" not in prose and not re.search(r"^:::", prose, re.M), f"{path.name}: raw Quarto markup"
+        assert "github.com/ignore-attn/ignore-attn" not in text, f"{path.name}: a link to the placeholder host"
+    flip = (site / "book" / "00_flip.html").read_text()
+    documented = [c.source for c in nbformat.read(REPO / "nbs" / "00_flip.ipynb", as_version=4).cells
+                  if c.cell_type == "code" and c.source.startswith("show_doc(") and c.outputs]   # executed ones
+    assert flip.count('class="showdoc"') == len(documented) > 0
+    assert '<h3 id="attend">attend' in flip and '<table class="params">' in flip
+    assert flip.count("attend(logits:torch.Tensor, alpha:float=1.0)") == 1        # the signature once, not twice
+    links = re.findall(r'class="source-link" href="([^"]+)"', flip)
+    assert links and all((site / "book" / l).resolve() == (REPO / "ignore_attn" / "flip.py").resolve() for l in links)
+
+
+def test_check_fails_on_warnings_tracebacks_and_machine_paths(tmp_path):
+    "A freshly executed chapter passes; a warning, a traceback or a machine path in an output fails, naming the cell."
+    nbs = tiny_book(tmp_path)
+    execute_book(nbs, log=lambda *a: None)
+    assert check_book(nbs) == []
+    for text, what in [("/opt/x/ignore_attn/train.py:9: UserWarning: late\n", "a warning (UserWarning: late"),
+                       ("Traceback (most recent call last):\n  File x\n", "a traceback"),
+                       (f"saved to {tmp_path}/out.pt\n", f"a path of the machine that ran it ({tmp_path}"),
+                       ("loaded /home/ana/data.pt\n", "a path of the machine that ran it (/home/ana/data.pt")]:
+        nb = nbformat.read(nbs / "00_tiny.ipynb", as_version=4)
+        clean = nb.cells[1].outputs
+        nb.cells[1].outputs = clean + [nbformat.from_dict({"output_type": "stream", "name": "stdout", "text": text})]
+        nbformat.write(nb, nbs / "00_tiny.ipynb")
+        problems = check_book(nbs, lib_dir=None)
+        assert len(problems) == 1 and problems[0].startswith("nbs/00_tiny.ipynb: cell 1 ") and what in problems[0], problems
+        nb.cells[1].outputs = clean
+        nbformat.write(nb, nbs / "00_tiny.ipynb")
+    assert check_book(nbs) == []
+
+
 def chromium_dom(url: str, profile: Path) -> str:
     "The DOM of `url` after load in headless Chromium (flags as in test_report.py: offline, no first-run work)."
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
