@@ -653,8 +653,9 @@ def _summary(states: list[str]) -> str:
 
 def _plan_or_why(runs: list[Run], img_per_s: float | None) -> dict:
     "The sweep's cost and power (`ignore_attn.stats.sweep_plan`); what went wrong instead, since the plan must never stop a sweep."
-    from ignore_attn.stats import sweep_plan
-    try: return sweep_plan(runs, img_per_s)
+    try:
+        from ignore_attn.stats import sweep_plan   # here: a library that cannot load must not stop the runs either
+        return sweep_plan(runs, img_per_s)
     except Exception as e: return {"error": f"{type(e).__name__}: {e}"}
 
 def run_sweep(runs: list[Run],                   # the runs (expand, merge_runs)
