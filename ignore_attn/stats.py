@@ -411,7 +411,7 @@ def sweep_plan(runs: list, # the sweep's runs (`ignore_attn.experiments.expand`)
     per_run = [train_images(r.options) for r in runs]
     known = all(n is not None for n in per_run)
     total = sum(int(r.options.get("epochs") or 0) * n for r, n in zip(runs, per_run)) if known else None
-    source = "given (--img-per-s)"
+    source = "given by --img-per-s"
     if img_per_s is None: img_per_s, source = benchmark_throughput({r.options["arch"] for r in runs}, results_dir)
     claims = sweep_claims(runs, power=power, alpha=alpha)
     return dict(runs=len(runs), train_images=total, img_per_s=img_per_s, img_per_s_source=source,
