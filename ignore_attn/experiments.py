@@ -662,8 +662,9 @@ def _summary(states: list[str]) -> str:
 
 def _plan_or_why(runs: list[Run], img_per_s: float | None) -> dict:
     "The sweep's cost and power (`ignore_attn.stats.sweep_plan`); what went wrong instead, since the plan must never stop a sweep."
-    from ignore_attn.stats import sweep_plan
-    try: return sweep_plan(runs, img_per_s)
+    try:
+        from ignore_attn.stats import sweep_plan   # here: a library that cannot load must not stop the runs either
+        return sweep_plan(runs, img_per_s)
     except Exception as e: return {"error": f"{type(e).__name__}: {e}"}
 def dask_client(scheduler, # a Dask scheduler address (tcp://host:8786), or a Client (returned as it is)
                 timeout: float = 5.0, # seconds to reach the scheduler (a refused connection is retried until then)

@@ -14,7 +14,7 @@ from .analysis import (METRIC_LABELS, TABLES, _control_of, canonical_dataset, co
                                   method_order, metrics_for, paper_results, run_metric)
 
 # %% auto #0
-__all__ = ['ADJUST_METHODS', 'DEFAULT_ADJUST', 'RELATIONS', 'COMPARISON_COLUMNS', 'ADJUST_NAMES', 'PAPER_SEEDS',
+__all__ = ['ADJUST_METHODS', 'DEFAULT_ADJUST', 'ADJUST_NAMES', 'RELATIONS', 'COMPARISON_COLUMNS', 'PAPER_SEEDS',
            'TRAIN_SET_SIZES', 'NTU_TRAIN_SIZES', 'seed_values', 'paired_difference', 'welch_from_stats',
            'welch_difference', 'adjust_p', 'welch_power', 'paired_power', 'seeds_needed', 'detectable_difference',
            'paired_detectable_difference', 'family_pairs', 'comparison_table', 'comparison_summary', 'resolution_table',
@@ -95,6 +95,7 @@ def welch_difference(a, # sample A's values
 # %% ../nbs/10b_stats.ipynb #e8c59929
 ADJUST_METHODS = ("holm", "bh", "none")
 DEFAULT_ADJUST = "holm"
+ADJUST_NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "nothing"}
 
 def adjust_p(p, # raw p-values (NaN: no test, left NaN and not counted in the family)
              method: str = DEFAULT_ADJUST, # 'holm' (family-wise error), 'bh' (false discovery rate) or 'none'
@@ -232,6 +233,7 @@ def comparison_table(runs: pd.DataFrame, # collected runs (`collect_runs`)
                      level: float = 0.95, # the confidence level of the intervals
                     ) -> pd.DataFrame: # one row per comparison, COMPARISON_COLUMNS; attrs: title, adjust, metric
     "The paired differences (method - reference) of one group's family of comparisons, raw and adjusted p, a verdict each."
+    if adjust not in ADJUST_METHODS: raise ValueError(f"unknown adjustment {adjust!r}; use one of {', '.join(ADJUST_METHODS)}")
     metric = metric or metrics_for(dataset)[0]
     g = runs[(runs["status"] == "done") & (runs["dataset"] == dataset) & (runs["arch"] == arch)]
     values = {m: seed_values(g, dataset, arch, m, metric) for m in g["attention"].dropna().unique()}
@@ -250,8 +252,6 @@ def comparison_table(runs: pd.DataFrame, # collected runs (`collect_runs`)
         f"{arch} on {dataset}: paired differences of test {METRIC_LABELS[metric]} (method − reference), "
         f"{int(level * 100)} % CI, p adjusted by {ADJUST_NAMES[adjust]} over {int(t['p'].notna().sum())} tests", g))
     return t
-
-ADJUST_NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "nothing"}
 
 # %% ../nbs/10b_stats.ipynb #0780e913
 def comparison_summary(table: pd.DataFrame, # from `comparison_table`
@@ -411,7 +411,7 @@ def sweep_plan(runs: list, # the sweep's runs (`ignore_attn.experiments.expand`)
     per_run = [train_images(r.options) for r in runs]
     known = all(n is not None for n in per_run)
     total = sum(int(r.options.get("epochs") or 0) * n for r, n in zip(runs, per_run)) if known else None
-    source = "given (--img-per-s)"
+    source = "given by --img-per-s"
     if img_per_s is None: img_per_s, source = benchmark_throughput({r.options["arch"] for r in runs}, results_dir)
     claims = sweep_claims(runs, power=power, alpha=alpha)
     return dict(runs=len(runs), train_images=total, img_per_s=img_per_s, img_per_s_source=source,

@@ -33,7 +33,7 @@ def test_dry_run_prints_cost_and_power(dry_runs):
     assert code == 0, err
     # 84 runs of 200 epochs over CIFAR's 40,000 training images (10,000 held out for validation)
     assert "cost: 84 runs, 672,000,000 training images in all" in out
-    assert "time: 93.3 h of training at 2,000 img/s (given (--img-per-s))" in out
+    assert "time: 93.3 h of training at 2,000 img/s (given by --img-per-s)" in out
     line = power_line(out)
     assert "at 3 seeds per arm" in line and "80 % power needs a median of" in line
     # the claim table: SE-Ign3 vs SE on CIFAR-10 ResNet-50, with the power Welch's test has at 3 seeds
