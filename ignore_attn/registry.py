@@ -276,13 +276,18 @@ def _fit_problems(model: nn.Module, state: dict) -> list[str]:
 
 IDENTITY_KEYS = ("arch", "attention", "num_classes")   # what an export's safetensors metadata says its weights are
 
+def _canonical(key: str, value) -> str:
+    "An identity value in one spelling (an older export may spell an attention spec otherwise; a custom model its own)."
+    from ignore_attn.flip import parse_spec
+    try: return str(parse_spec(value)) if key == "attention" else str(value).strip().lower()
+    except (TypeError, ValueError): return str(value)
+
 def weights_identity(arch: str,         # a model name (any case)
                      num_classes: int,  # outputs of the classifier
                      attention: str,    # attention spec (any spelling `parse_spec` reads)
                     ) -> dict[str, str]: # canonical arch, attention and num_classes, as strings (safetensors metadata)
     "What weights for this model were trained as: `get_model` sets it on every model, `export_run` writes it into the file."
-    from ignore_attn.flip import parse_spec
-    return {"arch": str(arch).strip().lower(), "attention": str(parse_spec(attention)), "num_classes": str(int(num_classes))}
+    return {k: _canonical(k, v) for k, v in (("arch", arch), ("attention", attention), ("num_classes", num_classes))}
 
 def read_weights_identity(path: str | Path, # a weights file
                          ) -> dict[str, str]: # IDENTITY_KEYS found in its metadata; {} for other files
@@ -295,12 +300,6 @@ def read_weights_identity(path: str | Path, # a weights file
         with safe_open(str(path), framework="pt") as f: meta = f.metadata() or {}
     except Exception: return {}   # read_state_dict says what is wrong with the file
     return {k: meta[k] for k in IDENTITY_KEYS if k in meta}
-
-def _canonical(key: str, value) -> str:
-    "An identity value in one spelling (an older export may spell an attention spec otherwise)."
-    from ignore_attn.flip import parse_spec
-    try: return str(parse_spec(value)) if key == "attention" else str(value).strip().lower()
-    except (TypeError, ValueError): return str(value)
 
 def check_identity(trained: dict, # what the weights were trained as (`read_weights_identity`); {}: unknown
                    model: dict | None, # what the model is (`model.weights_identity`); None: unknown
