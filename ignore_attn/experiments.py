@@ -439,7 +439,7 @@ def _inside(d: Path, out: Path) -> Path:
 def _error_line(e: BaseException) -> str:
     "One line for an exception; for a cell that failed in the notebook, its own `ename: evalue` (papermill's wrapper says nothing)."
     if getattr(e, "ename", None):   # PapermillExecutionError
-        return " ".join(f"{e.ename}: {e.evalue} (in cell {getattr(e, 'exec_count', '?')} of the notebook)".split())
+        return " ".join(f"{e.ename}: {e.evalue} (at In [{getattr(e, 'exec_count', '?')}] of the executed notebook)".split())
     return " ".join(f"{type(e).__name__}: {e}".split())
 
 def _record_error(d: Path, error: str, detail: str) -> str:

@@ -582,8 +582,9 @@ def _quarto_build(out: Path, sections: list[tuple[str, str, str]], runs: pd.Data
     (src / "_quarto.yml").write_text(quarto_yml())
     for name in ("figures", "runs"):
         if (out / name).exists(): shutil.copytree(out / name, src / name)
-    for f in [*out.glob("*.csv"), *out.glob("analysis.ipynb")]: shutil.copy2(f, src / f.name)
-    # the runs' notebooks are not given to Quarto: they are untrusted, and render_run_notebooks has sanitised them
+    for f in out.glob("*.csv"): shutil.copy2(f, src / f.name)
+    # no notebook is given to Quarto, which passes raw HTML through: the runs' and the analysis' (whose outputs come from
+    # the runs) are already pages, sanitised by render_notebook
     qmd = ['---', 'title: "ignore-attn: reproduction report"', '---', '']
     for anchor, title, body in sections:
         qmd += [f"## {title} {{#{anchor}}}" if title else "", "", "```{=html}", TABLE_CSS if anchor == "tables" else "", body, "```", ""]
@@ -636,7 +637,7 @@ def _write_report(out: Path, runs: pd.DataFrame, runs_dir: Path, paper, quarto, 
     executed, why = None, None
     if analysis and (runs["status"] == "done").any():
         executed, why = run_analysis(runs_dir, out, analysis_notebook() if analysis in ("auto", True) else Path(analysis), log)
-        if executed is not None and not use_quarto:
+        if executed is not None:   # sanitised: its outputs show what the run folders hold
             render_notebook(executed, out / "analysis.html", "Attention analysis (nbs/experiments/report.ipynb)", "index.html",
                             intro=ANALYSIS_INTRO, sidebar=sidebar)
         if why: log(f"  warning: analysis notebook: {why}")
@@ -655,8 +656,6 @@ def _write_report(out: Path, runs: pd.DataFrame, runs_dir: Path, paper, quarto, 
             if quarto == "always": raise
             log(f"  warning: quarto failed ({e}); building with the pure-Python renderer instead")
             shutil.rmtree(out / "_quarto_src", ignore_errors=True)
-            if executed is not None: render_notebook(executed, out / "analysis.html", "Attention analysis", "index.html",
-                                                     intro=ANALYSIS_INTRO, sidebar=sidebar)
     if home is None:
         body = "\n".join((f'<section id="{a}">' + (f"<h2>{html.escape(t)}</h2>" if t else "") + f"\n{b}\n</section>")
                          for a, t, b in sections)
