@@ -5,7 +5,8 @@ The plain loop is what most PyTorch code does: torchvision transforms (pad-and-c
 Normalize) in a DataLoader with worker processes, a float32 eager model, `loss.backward()`, `SGD.step()`. It is
 given the benefit of the doubt: no host sync per step (the loss is summed on the device), pinned memory on CUDA.
 The trainer side is `ignore_attn.train.TrainStep` fed by `ignore_attn.data`'s loader, with whatever the trainer
-would use on that device (by default: bf16, channels-last and CUDA graphs on CUDA; float32 eager on a CPU).
+would use on that device (by default: bf16, channels-last and CUDA graphs on CUDA; bf16 and channels-last on a CPU
+with native bf16 (AVX512-BF16, AMX), float32 eager on other CPUs).
 Both time the same number of steps after the same warm-up, data loading included.
 
 examples:
