@@ -1,14 +1,18 @@
 #!/usr/bin/env python
 """Does pairing the runs of one seed narrow the interval of a difference? The quick sweep's runs, paired and not.
 
-For each seed, trains attention specs A and B (default se and se-ign3) on the quick sweep's data and model, once with
-`backbone_init='seed'` (paired: one backbone init per seed) and once with `backbone_init='spec'` (the old build: the
-attention draws shift every backbone tensor). Batches and augmentation depend on the seed alone in both. Prints the
+For each seed, trains attention specs A and B (default standard and se-ign3) on the quick sweep's data and model, once
+with `backbone_init='seed'` (paired: one backbone init per seed) and once with `backbone_init='spec'` (the old build:
+the attention draws shift every backbone tensor). Batches and augmentation depend on the seed alone in both. Prints the
 standard deviation over seeds of the differences B - A (test error, points) in each mode, and the unpaired spread
-sqrt(var A + var B) of the same runs; writes every run's numbers to --json.
+sqrt(var A + var B) of the same runs; writes every run's numbers to --json (and each run, as it ends, to a .jsonl).
 
-example (about 15 CPU-minutes on 2 cores):
-    python benchmarks/pairing_spread.py --seeds 8 --jobs 2 --json runs/pairing.json
+Pick A and B of different structure: `standard` builds alike in both modes (it has no attention to draw), and two
+specs with the same parameters (se and se-ign3, which differ only in the flip) drew the same numbers in the old build
+too, so they were paired already and the test would show nothing.
+
+example (about 20 runs of 20 s on an idle 2-core machine):
+    python benchmarks/pairing_spread.py --specs standard,se-ign3 --seeds 8 --jobs 2 --json runs/pairing.json
 """
 from __future__ import annotations
 import argparse, json, statistics, sys, time
@@ -22,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     "Command-line options."
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("example")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--specs", default="se,se-ign3", help="the two attention specs A,B (the difference is B - A)")
+    p.add_argument("--specs", default="standard,se-ign3", help="the attention specs A,B (the difference is B - A)")
     p.add_argument("--seeds", type=int, default=8, help="seeds 0 .. N-1")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     p.add_argument("--epochs", type=int, default=None, help="default: the quick sweep's")
@@ -62,10 +66,12 @@ def summarise(runs: list[dict], a: str, b: str) -> dict:
     "Per mode: mean and std over seeds of B - A, and the unpaired spread sqrt(var A + var B)."
     out = {}
     for mode in sorted({r["backbone_init"] for r in runs}):
-        err = {(r["attention"], r["seed"]): r["test_top1_err"] for r in runs if r["backbone_init"] == mode}
-        seeds = sorted({s for _, s in err})
+        err = {(r["attention"], r["seed"]): r["test_top1_err"] for r in runs
+               if r["backbone_init"] == mode or r["attention"] == "standard"}   # standard: one build in both modes
+        seeds = sorted(s for att, s in err if att == a and (b, s) in err)
         ea, eb = [err[(a, s)] for s in seeds], [err[(b, s)] for s in seeds]
         d = [y - x for x, y in zip(ea, eb)]
+        if len(seeds) < 2: continue
         out[mode] = {"seeds": len(seeds), f"{a}_mean": statistics.mean(ea), f"{b}_mean": statistics.mean(eb),
                      "diff_mean": statistics.mean(d), "diff_std": statistics.stdev(d),
                      "unpaired_std": (statistics.variance(ea) + statistics.variance(eb)) ** 0.5,
@@ -75,9 +81,9 @@ def summarise(runs: list[dict], a: str, b: str) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    a, b = args.specs.split(",")
+    specs = args.specs.split(",")   # 'standard' builds alike in both modes: train it once (seed) for comparisons with it
     jobs = [(spec, s, mode, args.epochs, args.amp) for s in range(args.first_seed, args.first_seed + args.seeds)
-            for mode in args.inits.split(",") for spec in (a, b)]
+            for mode in args.inits.split(",") for spec in specs if not (spec == "standard" and mode == "spec")]
     t0 = time.perf_counter()
     runs = []
     with ProcessPoolExecutor(args.jobs) as pool:   # seed by seed: an interrupted sweep still leaves whole seeds in --json
@@ -85,7 +91,9 @@ def main(argv=None) -> dict:
             runs.append(r)
             print(json.dumps(r), flush=True)
             if args.json: Path(args.json).with_suffix(".jsonl").open("a").write(json.dumps(r) + "\n")
-    res = {"specs": [a, b], "runs": runs, "summary": summarise(runs, a, b), "wall_s": time.perf_counter() - t0}
+    a, b = (specs + specs)[:2]
+    res = {"specs": specs, "runs": runs, "summary": summarise(runs, a, b) if len(specs) == 2 else {},
+           "wall_s": time.perf_counter() - t0}
     for mode, s in res["summary"].items():
         print(f"backbone_init={mode:4s}  {s['seeds']} seeds: {b} - {a} = {s['diff_mean']:+.2f} points, std of the paired "
               f"differences {s['diff_std']:.2f}, unpaired spread sqrt(var+var) {s['unpaired_std']:.2f}, "
