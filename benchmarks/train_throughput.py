@@ -5,13 +5,16 @@ The plain loop is what most PyTorch code does: torchvision transforms (pad-and-c
 Normalize) in a DataLoader with worker processes, a float32 eager model, `loss.backward()`, `SGD.step()`. It is
 given the benefit of the doubt: no host sync per step (the loss is summed on the device), pinned memory on CUDA.
 The trainer side is `ignore_attn.train.TrainStep` fed by `ignore_attn.data`'s loader, with whatever the trainer
-would use on that device (by default: bf16, channels-last and CUDA graphs on CUDA; float32 eager on a CPU).
+would use on that device (by default: bf16, channels-last and CUDA graphs on CUDA; bf16 and channels-last on a CPU
+with native bf16 (AVX512-BF16, AMX), float32 eager on other CPUs).
 Both time the same number of steps after the same warm-up, data loading included.
 
 examples:
     python benchmarks/train_throughput.py --arch resnet20-cifar --batch 64 --steps 20 --device cpu
     python benchmarks/train_throughput.py --arch resnet50-cifar --attention se-ign3 --batch 128 --steps 200 --device cuda
     python benchmarks/train_throughput.py --data ../shared/data/cifar10-jpg --device cuda   # both read the same JPEGs
+    python benchmarks/train_throughput.py --arch resnet8-cifar --image-size 16 --batch 64 --device cpu --threads 1 \
+        --modes default,cl,bf16,bf16+cl,compile,compile+bf16+cl --repeat 3   # CPU modes against the plain loop, interleaved
 """
 from __future__ import annotations
 import argparse, json, statistics, sys, time
@@ -43,6 +46,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="trainer side memory format")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="trainer side torch.compile")
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None, help="trainer side CUDA graphs")
+    p.add_argument("--image-size", type=int, default=32, help="side of the in-memory images (without --data)")
+    p.add_argument("--modes", default=None,
+                   help="comma-separated trainer modes measured in turn against the plain loop, each a '+' of "
+                        "default, cl (channels-last), nocl, bf16 (autocast), compile; overrides --amp/--channels-last/--compile")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     return p.parse_args(argv)
 
@@ -85,10 +92,10 @@ def _is_cifar(data: str | None) -> bool:
     return bool(data) and (cifar_folder(data, "cifar10") / CIFAR_FILES["cifar10"]["meta"]).is_file()
 
 
-def _data_config(data: str | None, n_images: int, batch: int):
+def _data_config(data: str | None, n_images: int, batch: int, image_size: int = 32):
     "The trainer side's DataConfig: the CIFAR pickles or ImageFolder at `data` (n_images of it), else Cluttered Digits."
     from ignore_attn.data import DataConfig
-    if not data: return DataConfig(dataset="cluttered-digits", n_train=n_images, n_val=batch, n_test=batch)
+    if not data: return DataConfig(dataset="cluttered-digits", n_train=n_images, n_val=batch, n_test=batch, image_size=image_size)
     return DataConfig(dataset="cifar10" if _is_cifar(data) else "imagefolder", data_dir=data, limit_train=n_images, val_size=0)
 
 
@@ -155,7 +162,7 @@ def trainer_loop(args, n_images: int, data=None):
     from ignore_attn.models import get_model
     from ignore_attn.train import (TrainConfig, TrainStep, make_schedule, param_groups, resolve_config,
                                    resolve_runtime)
-    data_cfg = _data_config(args.data, n_images, args.batch)
+    data_cfg = _data_config(args.data, n_images, args.batch, getattr(args, "image_size", 32))
     cfg = resolve_config(TrainConfig(arch=args.arch, attention=args.attention, data=data_cfg, batch_size=args.batch,
                                      lr=0.01, device=args.device, amp=args.amp, channels_last=args.channels_last,
                                      compile=args.compile, cuda_graphs=args.cuda_graphs, quiet=True))
@@ -179,10 +186,46 @@ def trainer_loop(args, n_images: int, data=None):
     return rt, data, (lambda steps, warmup: _timed(step, batches, steps, warmup, args.batch, rt.device))
 
 
+def mode_args(args: argparse.Namespace, mode: str) -> argparse.Namespace:
+    "A copy of `args` set to one trainer mode, e.g. 'bf16+cl' or 'compile+bf16+cl' ('default': the trainer's own choice)."
+    parts = set(mode.split("+"))
+    unknown = parts - {"default", "cl", "nocl", "bf16", "compile"}
+    if unknown: sys.exit(f"unknown mode part(s) {sorted(unknown)} in {mode!r}; use default, cl, nocl, bf16, compile joined by '+'")
+    cl = True if "cl" in parts else False if "nocl" in parts else None
+    return argparse.Namespace(**{**vars(args), "amp": "bf16" if "bf16" in parts else "off" if parts - {"default"} else args.amp,
+                                 "channels_last": cl, "compile": "compile" in parts})
+
+
+def compare_modes(args: argparse.Namespace, modes: list[str]) -> dict:
+    "Each mode's img/s and its ratio to the plain loop, measured round-robin (plain, mode 1, mode 2, ...) `repeat` times."
+    n_images = args.batch * min(args.warmup + args.steps + 1, 80)
+    timers = {}
+    for m in modes:
+        rt, data, timers[m] = trainer_loop(mode_args(args, m), n_images)
+    plain = plain_loop(args, rt.device, data.image_size, data.num_classes, n_images)
+    runs = {m: [] for m in ["plain"] + modes}
+    for i in range(args.repeat):
+        for m in runs:
+            t = plain if m == "plain" else timers[m]
+            runs[m].append(t(args.steps, args.warmup if i == 0 else 1))
+    dev = f"cpu ({torch.get_num_threads()} threads)" if rt.device.type == "cpu" else torch.cuda.get_device_name(rt.device)
+    print(f"{args.arch} + {args.attention}, {args.image_size} px, batch {args.batch}, {args.steps} timed steps, "
+          f"{args.repeat} round(s), device {dev}")
+    ratios = {m: [b / a for a, b in zip(runs["plain"], r)] for m, r in runs.items()}
+    for m, r in runs.items():
+        print(f"{m:24s} {statistics.median(r):8.1f} img/s   x{statistics.median(ratios[m]):.2f} of plain "
+              f"(per round {', '.join(f'{x:.2f}' for x in ratios[m])})")
+    res = {"arch": args.arch, "attention": args.attention, "image_size": args.image_size, "batch": args.batch,
+           "device": dev, "img_per_s": runs, "ratio_to_plain": ratios}
+    if args.json: Path(args.json).write_text(json.dumps(res, indent=2))
+    return res
+
+
 def main(argv=None) -> dict:
     "Measure both sides, print them and the ratio; returns the figures."
     args = parse_args(argv)
     if args.threads: torch.set_num_threads(args.threads)
+    if args.modes: return compare_modes(args, [m.strip() for m in args.modes.split(",") if m.strip()])
     n_images = args.batch * min(args.warmup + args.steps + 1, 80)  # later steps cycle through the epochs again
     rt, data, trainer = trainer_loop(args, n_images)
     plain = plain_loop(args, rt.device, data.image_size, data.num_classes, n_images)

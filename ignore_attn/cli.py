@@ -160,8 +160,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
                         "(the default); 'spec': one generator builds backbone and attention (before pairing)")
     g = p.add_argument_group("hardware")
     g.add_argument("--device", help="auto (default: CUDA if present), cpu, cuda, cuda:N")
-    g.add_argument("--amp", choices=AMP_MODES, help="autocast: auto (bf16 on CUDA, off on CPU), bf16, off")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels-last memory (default: on CUDA)")
+    g.add_argument("--amp", choices=AMP_MODES, help="autocast: auto (bf16 on CUDA and on CPUs with native bf16, else off), bf16, off")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels-last memory (default: on with bf16 autocast)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
     g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="capture the training step in a CUDA graph (default: on for one CUDA process)")

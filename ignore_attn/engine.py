@@ -19,12 +19,12 @@ from .registry import unwrap_model   # the one helper that takes DDP / DataParal
 
 # %% auto #0
 __all__ = ['KILL_AT_ENV', 'LOCK_FILE', 'RUNNER_LOCK_FILE', 'RUNNER_TOKEN_ENV', 'HEARTBEAT_S', 'STALE_AFTER_S', 'RUNTIME_KEYS',
-           'MISSING', 'HISTORY_COLUMNS', 'Runtime', 'resolve_runtime', 'setup_distributed', 'teardown_distributed',
-           'CorruptCheckpointError', 'RunDirConflict', 'atomic_write', 'strict_json', 'save_json', 'save_checkpoint',
-           'load_checkpoint', 'seed_epoch', 'rng_state', 'set_rng_state', 'process_identity', 'is_same_process',
-           'is_fresh', 'Heartbeat', 'read_holder', 'describe_holder', 'RunLocked', 'RunLock', 'lock_holder',
-           'config_diff', 'RunDir', 'autocast', 'to_layout', 'to_device', 'has_own_loss', 'WithLoss', 'topk_correct',
-           'check_capturable', 'TrainStep', 'train_one_epoch', 'evaluate']
+           'MISSING', 'HISTORY_COLUMNS', 'Runtime', 'cpu_has_bf16', 'resolve_runtime', 'setup_distributed',
+           'teardown_distributed', 'CorruptCheckpointError', 'RunDirConflict', 'atomic_write', 'strict_json',
+           'save_json', 'save_checkpoint', 'load_checkpoint', 'seed_epoch', 'rng_state', 'set_rng_state',
+           'process_identity', 'is_same_process', 'is_fresh', 'Heartbeat', 'read_holder', 'describe_holder',
+           'RunLocked', 'RunLock', 'lock_holder', 'config_diff', 'RunDir', 'autocast', 'to_layout', 'to_device',
+           'has_own_loss', 'WithLoss', 'topk_correct', 'check_capturable', 'TrainStep', 'train_one_epoch', 'evaluate']
 
 # %% ../nbs/13_engine.ipynb #bc1139dd
 @dataclass
@@ -49,6 +49,11 @@ def _env_int(name: str, default: int) -> int:
     v = os.environ.get(name)
     return default if v in (None, "") else int(v)
 
+def cpu_has_bf16() -> bool:
+    "True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16): there bf16 autocast trains faster than float32."
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
 def resolve_runtime(cfg: TrainConfig) -> Runtime:
     "The Runtime a resolved config asks for on this machine; errors when it asks for what is not here."
     rank, world, local = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
@@ -64,7 +69,8 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
                              f"{device.index}; pass --device cuda (or auto): each rank then takes cuda:LOCAL_RANK")
     elif device.type != "cpu": raise ValueError(f"device {cfg.device!r} is not supported; use auto, cpu or cuda")
     cuda = device.type == "cuda"
-    amp = {"auto": torch.bfloat16 if cuda else None, "bf16": torch.bfloat16, "off": None}[cfg.amp]
+    fast = cuda or cpu_has_bf16()   # bf16 autocast and channels-last by default (measured faster on both, same accuracy)
+    amp = {"auto": torch.bfloat16 if fast else None, "bf16": torch.bfloat16, "off": None}[cfg.amp]
     pairs = cfg.data.dataset == "ntu"   # (rgb, skeleton) batches: the captured step takes one input tensor
     graphs = (cuda and world == 1 and not pairs) if cfg.cuda_graphs is None else cfg.cuda_graphs
     if graphs and not cuda: raise ValueError("cuda_graphs needs a CUDA device; drop --cuda-graphs or use --device cuda")
@@ -72,7 +78,8 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
                                           "(rgb, skeleton) pairs; pass --no-cuda-graphs")
     if graphs and world > 1: raise ValueError("cuda_graphs is not supported together with DDP; pass --no-cuda-graphs")
     if cfg.batch_size % world: raise ValueError(f"batch_size {cfg.batch_size} does not split evenly over {world} processes")
-    return Runtime(device, amp, cuda if cfg.channels_last is None else cfg.channels_last, cfg.compile, graphs,
+    channels_last = (cuda or amp is not None) if cfg.channels_last is None else cfg.channels_last
+    return Runtime(device, amp, channels_last, cfg.compile, graphs,
                    rank, world, local)
 
 def setup_distributed(rt: Runtime) -> None:

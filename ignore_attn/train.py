@@ -31,8 +31,8 @@ from .engine import (CorruptCheckpointError, RunDir, RunDirConflict, Runtime, Tr
 # %% auto #0
 __all__ = ['PRESETS', 'SCHEDULE_NAMES', 'AMP_MODES', 'BACKBONE_INITS', 'L2_MODES', 'MAX_SEED', 'CHECKPOINT_FORMAT', 'Schedule',
            'TrainConfig', 'resolve_config', 'make_schedule', 'config_to_dict', 'config_from_dict', 'param_groups',
-           'DivergedError', 'nonfinite_tensors', 'divergence', 'versions', 'Run', 'setup_run', 'pairing',
-           'model_options', 'load_stream_checkpoints', 'train']
+           'DivergedError', 'nonfinite_tensors', 'divergence', 'versions', 'Run', 'setup_run', 'runtime_record',
+           'pairing', 'model_options', 'load_stream_checkpoints', 'train']
 
 # %% ../nbs/09_train.ipynb #7f51b4d2
 PRESETS: dict[str, dict] = {
@@ -115,8 +115,8 @@ class TrainConfig:
     rgb_weights: str | None = None      # NTU models: checkpoint file for the RGB stream (None: from scratch)
     skeleton_weights: str | None = None # NTU models: checkpoint file for the skeleton stream (None: from scratch)
     device: str = "auto"                # 'auto' | 'cpu' | 'cuda' | 'cuda:1' ...
-    amp: str = "auto"                   # 'auto' (bf16 on CUDA, off on CPU) | 'bf16' | 'off'
-    channels_last: bool | None = None   # None: on for CUDA
+    amp: str = "auto"                   # 'auto' (bf16 on CUDA and on CPUs with native bf16, else off) | 'bf16' | 'off'
+    channels_last: bool | None = None   # None: on where bf16 autocast is (CUDA, CPUs with native bf16)
     compile: bool = False
     cuda_graphs: bool | None = None     # None: on for single-process CUDA
     quiet: bool = False
@@ -471,6 +471,7 @@ def _prepare_folder(run: Run, config: dict, split: dict | None, state: str) -> N
         save_json(rd.config, {"config": config, "num_classes": run.data.num_classes, "classes": list(run.data.classes),
                               "image_size": run.data.image_size, "world_size": run.rt.world_size,
                               "pairing": pairing(run.cfg),
+                              "runtime": runtime_record(run.rt),
                               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions()}
                              | ({"pretrained": run.pretrained} if run.pretrained is not None else {}))
 
@@ -490,6 +491,11 @@ def _repair_best(rd: RunDir) -> None:
                                    "val_top1": best.get("val_top1")})
     finally: rd.unlock()
     print(f"rebuilt {rd.best} (epoch {epoch}) from the best weights kept in {rd.last}", flush=True)
+
+def runtime_record(rt: Runtime) -> dict:
+    "How the run computes, as resolved on this machine (config.json keeps what was asked, e.g. amp 'auto')."
+    return {"device": str(rt.device), "amp": {torch.bfloat16: "bf16", None: "off"}.get(rt.amp_dtype, str(rt.amp_dtype)),
+            "channels_last": rt.channels_last, "compile": rt.compile, "cuda_graphs": rt.cuda_graphs}
 
 def pairing(cfg: TrainConfig) -> dict:
     "What decides a run's random draws, for config.json: 'seed' is the seed alone (shared by every spec of that seed)."

@@ -1,4 +1,4 @@
-"Common random numbers: the runs of one seed differ only in their attention branch (backbone init, batches, augmentation)."
+"Common random numbers: the runs of one seed differ only in their attention branch (backbone init, batches, augmentation); what config.json records of it."
 from __future__ import annotations
 import json
 from pathlib import Path
@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from ignore_attn.data import DataConfig
+from ignore_attn.engine import cpu_has_bf16
 from ignore_attn.registry import get_model
 from ignore_attn.train import TrainConfig, setup_run
 
@@ -50,6 +51,9 @@ def test_config_json_records_the_pairing(tmp_path):
     saved = json.loads((run.run_dir.path / "config.json").read_text())
     assert saved["pairing"] == {"backbone_init": "seed", "data_order": "seed", "augmentation": "seed"}
     assert saved["config"]["backbone_init"] == "seed"
+    fast = cpu_has_bf16()   # how it computed, as resolved here: bf16 + channels-last on a CPU with native bf16
+    assert saved["runtime"] == {"device": "cpu", "amp": "bf16" if fast else "off", "channels_last": fast,
+                                "compile": False, "cuda_graphs": False}
 
 
 def test_spec_init_is_the_unpaired_build(tmp_path):

@@ -20,8 +20,9 @@ IMAGENET = dict(epochs=90, batch_size=256, lr=0.1, decay="step", milestones=[30,
                 momentum=0.9, augment="rrc", val_size=0)
 NTU = dict(epochs=10, batch_size=8)
 PAPER = {"table1": CIFAR, "table2": CIFAR, "table3": IMAGENET, "table4": NTU}
-# The quick sweep is ours, not the paper's: what the README says it trains.
+# The quick sweep is ours, not the paper's: what the README says it trains (seven seeds, each a paired comparison).
 QUICK = dict(arch="resnet8-cifar", image_size=16, epochs=5, batch_size=64, lr=0.2, n_train=5000, augment="none")
+QUICK_SEEDS, QUICK_METHODS = 7, ("standard", "se", "se-ign3", "se-const", "cbam", "cbam-ign3", "cbam-const")
 EXPECTED = {**PAPER, "quick": QUICK}
 # What only says where the run is and how fast it computes: may differ between the runner and config.json.
 RUNTIME = {"out", "quiet", "device", "compile", "cuda_graphs", "channels_last", "eval_batch_size", "data_dir", "download",
@@ -83,3 +84,12 @@ def test_notebook_trains_exactly_the_resolved_config(name, data_root, tmp_path, 
         assert not differ, f"{run.run_id}: the notebook changed {differ}"
         assert {k: flat[k] for k in EXPECTED[name]} == EXPECTED[name]
         assert not (d / "metrics.json").exists() and not (d / "last.pt").exists()   # a dry run trains nothing
+
+
+def test_quick_sweep_is_seven_paired_seeds_of_seven_methods():
+    "The quick sweep spends its CPU time on seeds: every method on every seed, so each seed gives a paired difference."
+    runs = sweep_runs("quick", None)[1]
+    assert {r["seed"] for r in runs} == set(range(QUICK_SEEDS))
+    assert [r["attention"] for r in runs[::QUICK_SEEDS]] == list(QUICK_METHODS)
+    assert len(runs) == QUICK_SEEDS * len(QUICK_METHODS)
+    assert all(r.options.get("backbone_init", "seed") == "seed" for r in runs)   # paired: the default, not overridden
