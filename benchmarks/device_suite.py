@@ -512,7 +512,8 @@ def _fastpath_run(ctx: dict, device, x, y, *, amp: bool, channels_last: bool, gr
     "Losses and weights of `steps` TrainStep steps on one batch (`partial`: the last on half of it), from the seed-0 model."
     import torch
     from ignore_attn.models import get_model
-    from ignore_attn.train import Runtime, TrainStep, param_groups
+    from ignore_attn.engine import Runtime, TrainStep
+    from ignore_attn.train import param_groups
     torch.manual_seed(0)
     model = get_model(ctx["check_arch"], num_classes=10, attention=ctx["check_attention"]).to(device)
     if channels_last: model = model.to(memory_format=torch.channels_last)
@@ -827,7 +828,8 @@ def _table1_run(opts: dict, out: str, deadline: float, queue, parent: int) -> No
         import torch
         if opts.get("device") == "cpu": torch.set_num_threads(1)   # three runs share the CPU
         from ignore_attn.experiments import make_train_config
-        from ignore_attn.train import evaluate, load_checkpoint, train, setup_run
+        from ignore_attn.engine import evaluate, train, setup_run
+        from ignore_attn.rundir import load_checkpoint
         def guard(epoch, record):   # stop when one more epoch like this one would end past the deadline
             if epoch < opts["epochs"] and time.time() + 1.2 * record["epoch_time_s"] > deadline: raise _Deadline(epoch)
         cfg = make_train_config(opts | {"out": out, "quiet": True})
@@ -858,7 +860,7 @@ def _table1_run(opts: dict, out: str, deadline: float, queue, parent: int) -> No
 def stage_table1(ctx: dict, rec: Records) -> dict:
     "Table 1's first cell (ResNet50, standard / se / se-ign3, seed 0): 3 runs packed, epochs as the cap allows."
     import multiprocessing as mp, queue as q
-    from ignore_attn.experiments import sweep_runs
+    from ignore_attn.sweeps import sweep_runs
     t_start = time.time()
     cap = ctx["caps"]["table1"]
     from ignore_attn.data import read_cifar
@@ -994,7 +996,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     facts, commit = gpu_facts(args.dry_run), git_commit()
     # Imported once here, shared by every forked stage (none of these initialises CUDA).
-    import torchvision, ignore_attn.train, ignore_attn.data, ignore_attn.models, ignore_attn.experiments, train_throughput  # noqa: F401
+    import torchvision, ignore_attn.engine, ignore_attn.data, ignore_attn.models, ignore_attn.sweeps, train_throughput  # noqa: F401
     path = results_path(out, "cpu-dry-run" if args.dry_run else facts["gpu"])
     run_id = f"{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%SZ}-{os.getpid()}"
     ctx = make_context(args, out, work)

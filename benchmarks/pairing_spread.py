@@ -54,7 +54,7 @@ def one_run(job: tuple) -> dict:
     "Train one run in this (one-thread) process; its test error and time."
     import torch
     torch.set_num_threads(1)
-    from ignore_attn.train import train
+    from ignore_attn.engine import train
     attention, seed, backbone_init, epochs, amp = job
     t0 = time.perf_counter()
     m = train(quick_config(attention, seed, backbone_init, epochs, amp))

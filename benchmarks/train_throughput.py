@@ -4,7 +4,7 @@
 The plain loop is what most PyTorch code does: torchvision transforms (pad-and-crop shifts, flips, ToTensor,
 Normalize) in a DataLoader with worker processes, a float32 eager model, `loss.backward()`, `SGD.step()`. It is
 given the benefit of the doubt: no host sync per step (the loss is summed on the device), pinned memory on CUDA.
-The trainer side is `ignore_attn.train.TrainStep` fed by `ignore_attn.data`'s loader, with whatever the trainer
+The trainer side is `ignore_attn.engine.TrainStep` fed by `ignore_attn.data`'s loader, with whatever the trainer
 would use on that device (by default: bf16, channels-last and CUDA graphs on CUDA; bf16 and channels-last on a CPU
 with native bf16 (AVX512-BF16, AMX), float32 eager on other CPUs).
 Both time the same number of steps after the same warm-up, data loading included.
@@ -160,8 +160,8 @@ def trainer_loop(args, n_images: int, data=None):
     `data`: CPU-resident `Data` built already (`stage_inputs`), copied to the device here instead of built again."""
     from ignore_attn.data import build_data
     from ignore_attn.models import get_model
-    from ignore_attn.train import (TrainConfig, TrainStep, make_schedule, param_groups, resolve_config,
-                                   resolve_runtime)
+    from ignore_attn.train import TrainConfig, make_schedule, param_groups, resolve_config
+    from ignore_attn.engine import TrainStep, resolve_runtime
     data_cfg = _data_config(args.data, n_images, args.batch, getattr(args, "image_size", 32))
     cfg = resolve_config(TrainConfig(arch=args.arch, attention=args.attention, data=data_cfg, batch_size=args.batch,
                                      lr=0.01, device=args.device, amp=args.amp, channels_last=args.channels_last,

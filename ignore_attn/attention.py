@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .flip import Spec, parse_spec, flip_mask, const_mask, KINDS
 
 # %% auto #0
-__all__ = ['INITS', 'AttentionBlock', 'fx_tracing', 'init_attention_', 'global_avg_pool', 'broadcast_mask', 'SE', 'CBAMChannel',
+__all__ = ['INITS', 'fx_tracing', 'AttentionBlock', 'init_attention_', 'global_avg_pool', 'broadcast_mask', 'SE', 'CBAMChannel',
            'CBAMSpatial', 'CBAM', 'make_attention', 'count_attention', 'record_masks']
 
 # %% ../nbs/01_attention.ipynb #973593e1
@@ -34,29 +34,8 @@ def _detached(mask: torch.Tensor | dict) -> torch.Tensor | dict:
     if isinstance(mask, dict): return {k: v.detach() for k, v in mask.items()}
     return mask.detach()
 
-# %% ../nbs/01_attention.ipynb #df860571
-class AttentionBlock(nn.Module):
-    "Common base of the attention blocks (SE, CBAM, MMTM): holds the spec and can record the masks it applies."
-    kind: str = ""  # the spec kind a subclass implements: 'se', 'cbam' or 'mmtm'
-
-    def __init__(self, spec: str | Spec, # the block's attention spec, of the subclass's `kind`
-                ):
-        super().__init__()
-        if self.kind not in KINDS:
-            raise TypeError(f"{type(self).__name__} must set the class attribute `kind` to one of {KINDS}; "
-                            "AttentionBlock itself is only a base class")
-        self.spec = _check_spec(spec, self.kind, type(self).__name__)
-        self.record: bool = False   # when True, forward keeps a detached copy of its mask(s) in `last_mask`
-        self.last_mask = None
-
-    def _remember(self, mask: torch.Tensor | dict) -> None:
-        "Keep a detached copy of the applied mask(s) when recording; keep nothing otherwise."
-        if self.record: self.last_mask = _detached(mask)
-
-    def extra_repr(self) -> str:
-        return f"spec={self.spec}"
-
 # %% ../nbs/01_attention.ipynb #d781a84a
+# Shared input checks: a wrong shape should fail with the shape the block expected, not deep inside a matrix product. While `torch.fx` traces a block symbolically (`torch.fx.symbolic_trace`, torchvision's `create_feature_extractor`, FX quantization) the input is a `Proxy` with no dtype or shape to check, so the checks step aside and the traced graph stays free of Python control flow; eager callers keep every check.
 def _positive_int(name: str, value) -> int:
     "`value` as an int, or an error saying that `name` must be a positive int."
     if isinstance(value, bool): raise TypeError(f"{name} must be a positive int, got {value!r}")
@@ -93,6 +72,28 @@ def _check_features(x: torch.Tensor, channels: int, who: str, layout: str, min_r
     if x.shape[1] != channels:
         raise ValueError(f"{who} expects input of shape {layout} with {channels} channels on axis 1, got shape "
                          f"{tuple(x.shape)}; pass {channels}-channel features or build the block for {x.shape[1]} channels")
+
+# %% ../nbs/01_attention.ipynb #df860571
+class AttentionBlock(nn.Module):
+    "Common base of the attention blocks (SE, CBAM, MMTM): holds the spec and can record the masks it applies."
+    kind: str = ""  # the spec kind a subclass implements: 'se', 'cbam' or 'mmtm'
+
+    def __init__(self, spec: str | Spec, # the block's attention spec, of the subclass's `kind`
+                ):
+        super().__init__()
+        if self.kind not in KINDS:
+            raise TypeError(f"{type(self).__name__} must set the class attribute `kind` to one of {KINDS}; "
+                            "AttentionBlock itself is only a base class")
+        self.spec = _check_spec(spec, self.kind, type(self).__name__)
+        self.record: bool = False   # when True, forward keeps a detached copy of its mask(s) in `last_mask`
+        self.last_mask = None
+
+    def _remember(self, mask: torch.Tensor | dict) -> None:
+        "Keep a detached copy of the applied mask(s) when recording; keep nothing otherwise."
+        if self.record: self.last_mask = _detached(mask)
+
+    def extra_repr(self) -> str:
+        return f"spec={self.spec}"
 
 # %% ../nbs/01_attention.ipynb #cebdd704
 INITS = ("authors", "torch")

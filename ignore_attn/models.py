@@ -13,14 +13,13 @@ import torch.nn as nn
 from .flip import Spec, parse_spec
 from .attention import AttentionBlock, count_attention, make_attention
 from .registry import get_model, list_models, register_model
-from .flops import count_flops
 
 # %% auto #0
 __all__ = ['CIFAR_RESNET_L2', 'CIFAR_DENSENET_L2', 'IMAGENET_L2', 'BN_EPS_DENSENET', 'WRN_L2', 'single_stream_spec',
            'modules_outside_attention', 'L2Recipe', 'authors_l2', 'Stage', 'CifarBasicBlock', 'ResNetCifar',
            'resnet_cifar', 'DenseLayer', 'DenseNetCifar', 'densenet_cifar', 'Bottleneck', 'ResNetImageNet', 'resnet50',
            'AttentiveBasicBlock', 'AttentiveBottleneck', 'add_attention', 'WideBasicBlock', 'WideResNetCifar',
-           'wide_resnet_cifar', 'architecture_table', 'count_macs']
+           'wide_resnet_cifar', 'architecture_table']
 
 # %% ../nbs/04_models.ipynb #802ab79f
 def single_stream_spec(attention: str | Spec, # the spec to parse
@@ -534,12 +533,3 @@ def architecture_table(model: nn.Module, # a model of this module (it has `stage
 def _in_channels(model: nn.Module) -> int:
     "Input channels of `model`'s first conv."
     return next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
-
-# %% ../nbs/04_models.ipynb #84665cfc
-def count_macs(model: nn.Module, # any network (ours, timm's, torchvision's) taking one image batch
-               input_size: tuple[int, int, int] = (3, 32, 32), # (C, H, W) of one image
-              ) -> dict[str, int]: # multiply-adds: {'backbone', 'attention'}
-    "Multiply-adds of one image of `input_size` through `model`, split into backbone and attention (torch's FlopCounterMode)."
-    p = next(model.parameters())
-    macs = count_flops(model, torch.zeros(1, *input_size, device=p.device, dtype=p.dtype))
-    return {"backbone": macs["backbone"], "attention": macs["attention"]}

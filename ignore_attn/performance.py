@@ -11,7 +11,7 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['PATH_ORDER', 'NO_GPU_RESULTS', 'read_records', 'runs_table', 'pick_run', 'throughput_table', 'packed_table',
-           'throughput_figure', 'performance_page_data']
+           'throughput_figure', 'performance_page_data', 'default_results_dir', 'benchmark_throughput']
 
 # %% ../nbs/16_performance.ipynb #b0b8ecf7
 def read_records(results_dir: str | Path, # folder of the suite's .jsonl files
@@ -152,3 +152,27 @@ def performance_page_data(results_dir: str | Path, # folder of the suite's .json
 def _batch(records: pd.DataFrame, run: dict):
     b = _results(records, run["run_id"], "throughput").get("batch")
     return int(b.dropna().iloc[0]) if b is not None and len(b.dropna()) else "?"
+
+# %% ../nbs/16_performance.ipynb #398de92a
+def default_results_dir() -> Path:
+    "benchmarks/results of this source checkout (where the device suite writes), whether or not it exists."
+    import ignore_attn
+    return Path(ignore_attn.__file__).resolve().parents[1] / "benchmarks" / "results"
+
+def benchmark_throughput(archs, # the sweep's architectures
+                         results_dir=None, # the device suite's results (None: this checkout's benchmarks/results)
+                        ) -> tuple[float | None, str]: # (images per second, where it comes from) or (None, why not)
+    "Training images per second of the sweep's architectures in the newest device-suite run that measured them."
+    if results_dir is None: results_dir = default_results_dir()
+    try: records = read_records(results_dir)
+    except ValueError as e: return None, f"the benchmark results cannot be read ({e})"
+    run = pick_run(records)
+    if run is None: return None, f"no benchmark result in {results_dir}"
+    t = throughput_table(records, run)
+    t = t[t["model"].str.split(" ").str[0].isin(set(archs))]
+    if t.empty: return None, f"the newest benchmark ({run['run_id']}) measured none of {sorted(set(archs))}"
+    for path in ("bf16_channels_last", "eager_fp32", "plain"):   # the trainer's default on a GPU first (amp auto: bf16)
+        sel = t[t["path"] == path]
+        if len(sel):
+            return float(sel["img_per_s"].median()), f"benchmark {run['run_id']} on {run['gpu']}, path {path}"
+    return float(t["img_per_s"].median()), f"benchmark {run['run_id']} on {run['gpu']}"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ignore_attn.engine import load_checkpoint, lock_holder
+from ignore_attn.rundir import load_checkpoint, lock_holder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,7 +16,7 @@ import json, os, signal, sys, time
 import torch
 torch.set_num_threads(1)
 from ignore_attn.cli import main
-import ignore_attn.experiments
+import ignore_attn.sweeps   # the sweep runner (it imports the experiments)
 from ignore_attn.data import DataConfig, build_data
 from ignore_attn.registry import get_model
 # Warm up what a first run pays once (the digit glyphs, lazy imports): every forked command inherits it

@@ -118,7 +118,8 @@ def test_a_batch_larger_than_the_data_is_refused_before_anything_is_written(tmp_
 
 
 def test_a_start_that_never_finished_an_epoch_does_not_block_the_corrected_command(tmp_path):
-    from ignore_attn.train import TrainConfig, setup_run
+    from ignore_attn.train import TrainConfig
+    from ignore_attn.engine import setup_run
     from ignore_attn.data import DataConfig
     out = tmp_path / "run"
     data = DataConfig(n_train=64, n_val=32, n_test=32, image_size=16, augment="none", workers=0)
@@ -210,7 +211,8 @@ def test_abbreviated_flags_are_not_taken_for_others(tmp_path):
 
 def test_a_failure_before_the_notebook_runs_lands_in_error_txt_and_the_summary(tmp_path, capsys):
     "The runner fails to write running.json (a folder where that name is taken): error.txt says so, the sweep counts it."
-    from ignore_attn.experiments import expand, run_sweep
+    from ignore_attn.experiments import expand
+    from ignore_attn.sweeps import run_sweep
     run = expand(SWEEP, name="s")[0]
     d = tmp_path / "runs" / run.run_id
     (d / "running.json").mkdir(parents=True)

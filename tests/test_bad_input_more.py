@@ -121,7 +121,8 @@ def test_an_empty_skeleton_file_is_found_before_training(tmp_path, monkeypatch):
 
 
 def test_error_txt_starts_with_the_notebooks_own_error(tmp_path):
-    from ignore_attn.experiments import execute_run, expand
+    from ignore_attn.sweeps import execute_run
+    from ignore_attn.experiments import expand
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("config = {}\nout_dir = '.'"); params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell("raise ValueError('the real cause, named')")]
@@ -137,7 +138,8 @@ def test_error_txt_starts_with_the_notebooks_own_error(tmp_path):
 def test_a_reachable_scheduler_address_still_runs_the_sweep(tmp_path):
     "The up-front connection is the one the sweep uses, and it is closed at the end."
     distributed = pytest.importorskip("distributed")
-    from ignore_attn.experiments import expand, run_sweep
+    from ignore_attn.experiments import expand
+    from ignore_attn.sweeps import run_sweep
     from test_reliability import SWEEP as FAKE_SWEEP, THREADS, fake_notebook
     runs = expand({**FAKE_SWEEP, "attentions": ["standard"]}, name="address")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,

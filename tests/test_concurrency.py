@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from ignore_attn.cli import main
-from ignore_attn.engine import STALE_AFTER_S, is_same_process, lock_holder, process_identity
-from ignore_attn.experiments import expand, run_status, run_sweep, stop_orphan
+from ignore_attn.rundir import STALE_AFTER_S, is_same_process, lock_holder, process_identity
+from ignore_attn.experiments import expand
+from ignore_attn.sweeps import run_status, run_sweep, stop_orphan
 
 from reliability_helpers import Commands, assert_equal, hold_lock, snapshot
 

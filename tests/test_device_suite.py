@@ -116,7 +116,7 @@ def test_cell_selection_follows_nbdev_test(tmp_path):
     assert ran == ["x = []", "#| gpu", "assert x == ['gpu'], x"]            # slow and eval: false are left out
     assert "#| gpu" not in [src.splitlines()[0] for _, src in ds.selected_cells(nb, set())]
     assert ds.cell_directives("#| eval: false\nx = 1") == {"eval:": ["false"]}
-    assert set(ds.gpu_notebooks()) >= {"nbs/13_engine.ipynb", "nbs/01_attention.ipynb"}
+    assert set(ds.gpu_notebooks()) >= {"nbs/15_engine.ipynb", "nbs/01_attention.ipynb"}
 
 
 def test_scaled_milestones_keep_the_paper_fractions():

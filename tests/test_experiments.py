@@ -6,8 +6,9 @@ import pytest
 import torch
 import yaml
 
-from ignore_attn.experiments import SWEEPS, expand, load_sweep, run_sweep, sweep_status
-from ignore_attn.train import load_checkpoint
+from ignore_attn.experiments import SWEEPS, expand, load_sweep
+from ignore_attn.sweeps import run_sweep, sweep_status
+from ignore_attn.rundir import load_checkpoint
 from reliability_helpers import hold_lock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,8 +159,8 @@ def test_bad_input_refused_before_any_run(tmp_path, args, message):
 
 def test_restart_stops_an_orphaned_kernel_and_no_stranger(tmp_path):
     "stop_orphan kills only the kernel of a dead runner, proven by its lock, token, start time and command line."
-    from ignore_attn.experiments import stop_orphan
-    from ignore_attn.engine import process_identity
+    from ignore_attn.sweeps import stop_orphan
+    from ignore_attn.rundir import process_identity
     import socket
     run_dir = tmp_path / "run"; run_dir.mkdir()
     dead_runner = subprocess.Popen([sys.executable, "-c", "pass"]); dead_runner.wait()
@@ -185,7 +186,7 @@ def test_restart_stops_an_orphaned_kernel_and_no_stranger(tmp_path):
 
 def test_one_run_on_several_processes_through_torchrun(tmp_path):
     # The runner's path for one large run on many GPUs, exercised on the CPU: 2 processes (gloo) via torchrun.
-    from ignore_attn.experiments import launch_command, train_run
+    from ignore_attn.sweeps import launch_command, train_run
     opts = {k: v for k, v in TINY.items() if k not in ("datasets", "archs", "attentions", "seeds")}
     opts.update(dataset="cluttered-digits", arch="resnet8-cifar", attention="se-ign3", seed=0, epochs=1)
     assert launch_command(tmp_path, 2)[1:4] == ["-m", "torch.distributed.run", "--standalone"]

@@ -11,7 +11,9 @@ from ignore_attn.data import DataConfig
 from ignore_attn.export import (CONFIG_NAME, WEIGHTS_NAME, add_export_arguments, export_main, export_run, load_exported,
                                 load_weights, read_export, read_state_dict)
 from ignore_attn.models import get_model
-from ignore_attn.train import TrainConfig, load_checkpoint, train
+from ignore_attn.train import TrainConfig
+from ignore_attn.rundir import load_checkpoint
+from ignore_attn.engine import train
 
 st = pytest.importorskip("safetensors.torch", reason="safetensors (a dependency of ignore-attn) is not installed")
 torch.set_num_threads(1)  # the suite shares a small machine

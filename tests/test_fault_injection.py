@@ -4,7 +4,7 @@ then resumed, ends with every file and tensor equal to a run that was never inte
 Each trainer is a fresh process running `ignore-attn train` (the CLI's `main`). To spare the ~10 s of imports a new
 interpreter costs on a loaded 2-core machine, the processes are forked from one server process that has imported the
 library and done no computation (so fork is safe); every kill is a real SIGKILL of such a process. The kills at writes
-use the trainer's own hook, IGNORE_ATTN_KILL_AT=N:before|after (see `atomic_write` in nbs/13_engine.ipynb).
+use the trainer's own hook, IGNORE_ATTN_KILL_AT=N:before|after (see `atomic_write` in nbs/14_rundir.ipynb).
 """
 from __future__ import annotations
 import random
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ignore_attn.engine import KILL_AT_ENV
+from ignore_attn.rundir import KILL_AT_ENV
 
 from reliability_helpers import Commands, assert_equal, snapshot
 

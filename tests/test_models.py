@@ -9,10 +9,11 @@ import torch.nn as nn
 import torchvision
 
 from ignore_attn.attention import count_attention
+from ignore_attn.flops import count_madds
 from ignore_attn.flip import Spec
 from ignore_attn.registry import model_entries
 from ignore_attn.models import (L2Recipe, ResNetCifar, DenseNetCifar, ResNetImageNet, add_attention, authors_l2,
-                                count_macs, densenet_cifar, get_model, list_models, resnet50, resnet_cifar)
+                                densenet_cifar, get_model, list_models, resnet50, resnet_cifar)
 
 torch.set_num_threads(1)  # the suite shares a small machine; these tests are sized for one core
 
@@ -195,13 +196,15 @@ def test_authors_l2():
     assert set(authors_l2(resnet50(attention="se")).values()) == {1e-4}
 
 
-def test_count_macs_by_hand():
+def test_count_madds_by_hand():
     full, half, proj = 2_359_296, 1_179_648, 131_072                       # 3x3 conv at full width, stride 2, 1x1
     n = 3                                                                  # resnet20: 3 blocks per stage
     backbone = 32 * 32 * 16 * 27 + 2 * n * full + 2 * (half + (2 * n - 1) * full + proj) + 640
-    assert count_macs(resnet_cifar(20)) == {"backbone": backbone, "attention": 0}
-    se = count_macs(resnet_cifar(20, attention="se"))
-    assert se == {"backbone": backbone, "attention": n * (16 * 16 + 32 * 32 + 64 * 64) // 4}
+    image = torch.zeros(1, 3, 32, 32)
+    assert count_madds(resnet_cifar(20), image) == {"backbone": backbone, "attention": 0, "total": backbone}
+    se = count_madds(resnet_cifar(20, attention="se"), image)
+    attention = n * (16 * 16 + 32 * 32 + 64 * 64) // 4
+    assert se == {"backbone": backbone, "attention": attention, "total": backbone + attention}
 
 
 def test_a_registered_backbone_trains_by_name(tmp_path):

@@ -12,8 +12,9 @@ from ignore_attn.cli import main
 from ignore_attn.data import DataConfig, Loader, build_data
 from ignore_attn.experiments import make_train_config
 from ignore_attn.models import get_model
-from ignore_attn.train import (TrainConfig, evaluate, load_checkpoint, model_options, resolve_config, resolve_runtime,
-                               train)
+from ignore_attn.train import TrainConfig, resolve_config
+from ignore_attn.engine import evaluate, model_options, resolve_runtime, train
+from ignore_attn.rundir import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "nbs" / "experiments" / "ntu.ipynb"

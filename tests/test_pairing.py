@@ -8,7 +8,8 @@ import torch
 from ignore_attn.data import DataConfig
 from ignore_attn.engine import cpu_has_bf16
 from ignore_attn.registry import get_model
-from ignore_attn.train import TrainConfig, setup_run
+from ignore_attn.train import TrainConfig
+from ignore_attn.engine import setup_run
 
 torch.set_num_threads(1)
 

@@ -55,8 +55,8 @@ def test_seeds_change_the_cost_and_the_power(dry_runs):
 
 
 def test_no_throughput_known_says_so(tmp_path, monkeypatch):
-    import ignore_attn.report
-    monkeypatch.setattr(ignore_attn.report, "default_results_dir", lambda: tmp_path / "no-results")
+    import ignore_attn.performance
+    monkeypatch.setattr(ignore_attn.performance, "default_results_dir", lambda: tmp_path / "no-results")
     code, out, err = run_cli(["sweep", "quick", "--dry-run", "--out", tmp_path / "runs"])
     assert code == 0, err
     assert "time: no throughput known (no benchmark result in" in out and "pass --img-per-s N" in out

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from ignore_attn.data import write_cifar
-from ignore_attn.experiments import SWEEPS, notebook_for, run_parameters, sweep_runs
+from ignore_attn.experiments import SWEEPS
+from ignore_attn.sweeps import notebook_for, run_parameters, sweep_runs
 from ignore_attn.ntu_data import write_tiny_ntu
 
 pm = pytest.importorskip("papermill")

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from ignore_attn.data import DataConfig
-from ignore_attn.engine import CorruptCheckpointError, load_checkpoint
-from ignore_attn.experiments import check_workers_see, expand, run_sweep
-from ignore_attn.train import TrainConfig, train
+from ignore_attn.rundir import CorruptCheckpointError, load_checkpoint
+from ignore_attn.sweeps import check_workers_see, run_sweep
+from ignore_attn.experiments import expand
+from ignore_attn.train import TrainConfig
+from ignore_attn.engine import train
 
 from reliability_helpers import assert_equal, snapshot
 

@@ -1,7 +1,7 @@
 """Tests of ignore_attn.analysis and ignore_attn.report on real finished runs: tables with the paper's numbers in the
 right cells, figures, the static site (every link resolves), headless Chromium, and bad input.
 
-The runs are made by the trainer itself (`ignore_attn.train.train`), tiny: Cluttered Digits, ResNet-8, two epochs on
+The runs are made by the trainer itself (`ignore_attn.engine.train`), tiny: Cluttered Digits, ResNet-8, two epochs on
 128 images, four attention variants x two seeds. The paper has no Cluttered Digits numbers, so to check that the
 paper's values land in the right cells of Table 1 a copy of these runs is *relabelled* as CIFAR-10 / ResNet50 (only
 `dataset` and `arch` in config.json and metrics.json change; the numbers are the real runs'), without checkpoints.
@@ -27,7 +27,8 @@ from ignore_attn.analysis import (collect_runs, load_history, loss_curves_figure
                                   error_figure)
 from ignore_attn.data import DataConfig
 from ignore_attn.report import add_report_arguments, build_report, missing_links, report_command, report_main
-from ignore_attn.train import TrainConfig, train
+from ignore_attn.train import TrainConfig
+from ignore_attn.engine import train
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]

@@ -12,11 +12,13 @@ from PIL import Image
 
 from ignore_attn.analysis import collect_runs, read_run
 from ignore_attn.data import CorruptDataError, DataConfig, build_data, decode_images, load_image
-from ignore_attn.experiments import expand, run_id, run_sweep
+from ignore_attn.experiments import expand, run_id
+from ignore_attn.sweeps import run_sweep
 from ignore_attn.flip import parse_spec
 from ignore_attn.models import get_model
 from ignore_attn.registry import read_weights_identity, weights_identity
-from ignore_attn.train import DivergedError, TrainConfig, resolve_config, train
+from ignore_attn.train import DivergedError, TrainConfig, resolve_config
+from ignore_attn.engine import train
 
 REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)  # the suite shares a small machine

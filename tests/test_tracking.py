@@ -7,7 +7,9 @@ import torch
 pytest.importorskip("tensorboard", reason='tensorboard is an optional extra (pip install "ignore-attn[tensorboard]")')
 from ignore_attn.data import DataConfig                      # noqa: E402
 from ignore_attn.tracking import TensorBoardLogger, combine, read_scalars, scalars, tag   # noqa: E402
-from ignore_attn.train import TrainConfig, load_checkpoint, setup_run, train         # noqa: E402
+from ignore_attn.train import TrainConfig  # noqa: E402
+from ignore_attn.rundir import load_checkpoint
+from ignore_attn.engine import setup_run, train
 
 torch.set_num_threads(1)  # the suite shares a small machine
 TINY = dict(arch="resnet8-cifar", attention="se-ign1(0.5)", schedule="quick", batch_size=32, device="cpu", quiet=True,

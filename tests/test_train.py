@@ -10,7 +10,9 @@ import torch
 from ignore_attn.cli import main
 from ignore_attn.data import DataConfig
 from ignore_attn import train as tr
-from ignore_attn.train import CorruptCheckpointError, RunDirConflict, TrainConfig, load_checkpoint, train
+from ignore_attn.rundir import CorruptCheckpointError, RunDirConflict, load_checkpoint
+from ignore_attn.train import TrainConfig
+from ignore_attn.engine import train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("IGNORE_ATTN_SHARED", REPO.parent / "shared"))
