@@ -646,11 +646,14 @@ def _resume(run: PreparedRun) -> None:
     "Load last.pt into the run; rebuild best.pt and history.csv from it where a kill came between the writes."
     rd = run.run_dir
     ck = load_checkpoint(rd.last, "cpu", required=("format", "epoch", "model", "optimizer", "best", "history", "rng"))
+    fused = [g.get("fused") for g in run.optimizer.param_groups]   # chosen for this device, not the saved run's
     try:
         run.model.load_state_dict(ck["model"]); run.optimizer.load_state_dict(ck["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise CorruptCheckpointError(f"{rd.last} does not fit this run's model ({type(e).__name__}); "
                                      f"delete {rd.last} and run the same command again to restart from epoch 1") from None
+    # a CPU run's last.pt resumed on a GPU: keep the fused step (CUDA graphs need it), whatever the checkpoint's groups say
+    for g, f in zip(run.optimizer.param_groups, fused): g["fused"] = f
     set_rng_state(ck["rng"])
     run.start_epoch, run.best, run.history, run.elapsed_s = ck["epoch"], ck["best"], ck["history"], ck["elapsed_s"]
     if ck.get("best_model") is not None: run.best_state = ck["best_model"]
