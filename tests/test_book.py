@@ -39,7 +39,7 @@ def test_book_is_every_numbered_notebook_in_order():
     names = [p.name for p in book_notebooks(REPO / "nbs")]
     numbered = [*(REPO / "nbs").glob("[0-9][0-9]_*.ipynb"), *(REPO / "nbs").glob("[0-9][0-9][a-z]_*.ipynb")]
     assert names[0] == "index.ipynb" and names[1:] == sorted(p.name for p in numbered)
-    assert names.index("13_stats.ipynb") == names.index("11_experiments.ipynb") + 1   # a lettered chapter sorts after its number
+    assert names.index("13_stats.ipynb") == names.index("12_analysis.ipynb") + 1   # the statistics build on the analysis
     stems = {n.removesuffix(".ipynb") for n in names}
     assert {s for v in TABLE_NOTEBOOKS.values() for s in v} <= stems, "TABLE_NOTEBOOKS names a notebook that is gone"
 

@@ -66,11 +66,11 @@ def test_diverged_run_stops_with_exit_3_and_is_reported_failed(tmp_path):
 
 def test_weights_that_turn_infinite_stop_the_run(tmp_path, monkeypatch):
     "A finite loss with weights gone infinite in the last step is caught at the epoch's end."
-    import ignore_attn.train as T
+    import ignore_attn.engine as T   # where train() runs its epochs
     real = T.train_one_epoch
     def poisoned(step, *a, **kw):
         res = real(step, *a, **kw)
-        with torch.no_grad(): next(step.optimizer.param_groups[0]["params"].__iter__()).view(-1)[0] = float("inf")
+        with torch.no_grad(): (w := step.optimizer.param_groups[0]["params"][0])[(0,) * w.dim()] = float("inf")
         return res
     monkeypatch.setattr(T, "train_one_epoch", poisoned)
     with pytest.raises(DivergedError, match="weight tensors hold NaN or infinity"):
