@@ -52,7 +52,7 @@ DEFAULT_STAGES = STAGES[:-1]
 CAPS = {"correctness_notebooks": 150, "prepare": 45, "correctness_fastpaths": 80, "throughput": 170, "packed": 100,
         "table1": 300}
 PATH_CAP = 45           # seconds for one non-compile throughput path (process start, CUDA, warm-up, capture, timing)
-FAIL_MODES = ("raise", "exit", "segv")   # --fail-path PATH:MODE, how an injected path failure ends its process
+FAIL_MODES = ("raise", "exit", "segv", "hang")   # --fail-path PATH:MODE, how an injected path failure ends its process (hang: never)
 DRY_CAPS = {k: 60 for k in STAGES}
 MIN_S = {"table1": 45}                    # below this a stage is skipped as out of budget
 THROUGHPUT_MODELS = (("resnet50-cifar", "se-ign3"), ("resnet50-cifar", "cbam-ign1(0.5)"), ("densenet40-cifar", "se"))
@@ -288,13 +288,14 @@ def run_isolated(what: str, body, cap: float, rec: Records, **fields) -> dict:
 
 
 def _injected_failure(ctx: dict, model: tuple[str, str], path: str) -> None:
-    "--fail-path PATH:MODE: make the first model's PATH process raise, exit or crash (the later paths must still report)."
+    "--fail-path PATH:MODE: make the first model's PATH process raise, exit, crash or hang (the later paths must still report)."
     spec = ctx.get("fail_path") or ""
     name, _, mode = spec.partition(":")
     if name != path or tuple(model) != tuple(ctx["models"][0]): return
     print(f"injected failure of path {path}: {mode}", flush=True)
     if mode == "exit": os._exit(3)
     if mode == "segv": os.kill(os.getpid(), signal.SIGSEGV)
+    if mode == "hang": time.sleep(10**6)   # until its cap or the suite's own timeout stops it
     raise RuntimeError(f"injected failure: --fail-path {spec}")
 
 

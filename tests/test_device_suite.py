@@ -195,7 +195,8 @@ def test_lines_written_before_a_kill_are_whole_and_in_out(tmp_path):
 def test_run_device_stopped_by_its_timeout_leaves_the_jsonl_and_logs_in_out(tmp_path):
     "run_device.sh with a short SUITE_TIMEOUT: the suite is stopped, says so in a footer, and $OUT holds what it wrote."
     env = {**_env(), "OUT": str(tmp_path), "SUITE_TIMEOUT": "25", "PYTHON": sys.executable}
-    p = subprocess.run(["bash", str(REPO / "benchmarks" / "run_device.sh"), "--dry-run"], env=env, capture_output=True,
+    # a path that hangs: the suite is still running when its timeout comes, however fast this machine is
+    p = subprocess.run(["bash", str(REPO / "benchmarks" / "run_device.sh"), "--dry-run", "--fail-path", "plain:hang"], env=env, capture_output=True,
                        text=True, timeout=300)
     lines = _lines(tmp_path)
     assert lines[0]["record"] == "header" and lines[-1]["record"] == "footer", p.stdout[-2000:]
