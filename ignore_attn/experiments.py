@@ -37,8 +37,8 @@ SWEEPS: dict[str, dict] = {
     "table4": dict(description="Table 4: MMTM fusion and its ignoring variants on NTU RGB+D, fine-tuned 10 epochs at batch 8",
                    table=4, datasets=["ntu"], archs=["mmtm-fusion"], attentions=all_specs("mmtm"), seeds=[0],
                    schedule="paper-ntu", batch_size=8),
-    # The CPU loop: 49 runs of about 15 s on 2 cores (bf16 autocast + channels-last where the CPU has native bf16, 1.35x
-    # float32's speed on this model; about 21 s in float32). resnet8 at 16 px, 5 epochs of 5,000 images at lr 0.2 leaves
+    # The CPU loop: 49 runs on 2 cores, two at a time (bf16 autocast + channels-last where the CPU has native bf16: whole
+    # runs 1.4-1.6x as fast as float32 side by side, measured; float32 elsewhere). resnet8 at 16 px, 5 epochs of 5,000 images at lr 0.2 leaves
     # the loss plateau near ln 10 for every variant (measured; at 32 px and 234 steps CBAM never did). No flips and no
     # shifts: a mirrored digit is another digit, and shifts slowed learning at this budget. Both constant-mask controls
     # are in. The time bought by bf16 goes to seeds, not epochs: the runs of one seed are paired (same backbone init,
