@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Iterable
 
 # %% auto #0
-__all__ = ['INDEX_NOTEBOOK', 'MANIFEST', 'MANIFEST_VERSION', 'INLINE_BACKEND', 'KERNELSPEC', 'MATHJAX_FILE', 'MATHJAX_PACKAGE',
-           'BOOK_MARKER', 'MATHJAX_CONFIG', 'MATH_CHECK_JS', 'BOOK_CSS', 'TABLE_NOTEBOOKS', 'default_nbs_dir',
-           'book_notebooks', 'notebook_title', 'library_hash', 'code_hash', 'cells_with_outputs', 'read_manifest',
-           'slow_cells_run', 'kernel_env', 'clean_like_nbdev', 'BookExecutionError', 'execute_book', 'output_problems',
-           'all_notebooks', 'metadata_problem', 'set_kernelspec', 'check_book', 'mathjax_source', 'signature_rows',
-           'show_doc_html', 'reader_view', 'BookPage', 'Book', 'render_book', 'add_docs_arguments', 'docs_main', 'main']
+__all__ = ['INDEX_NOTEBOOK', 'MANIFEST', 'MANIFEST_VERSION', 'INLINE_BACKEND', 'TEMP_PLACEHOLDER', 'KERNELSPEC', 'MATHJAX_FILE',
+           'MATHJAX_PACKAGE', 'BOOK_MARKER', 'MATHJAX_CONFIG', 'MATH_CHECK_JS', 'BOOK_CSS', 'TABLE_NOTEBOOKS',
+           'default_nbs_dir', 'book_notebooks', 'notebook_title', 'library_hash', 'code_hash', 'cells_with_outputs',
+           'read_manifest', 'slow_cells_run', 'kernel_env', 'clean_like_nbdev', 'BookExecutionError', 'execute_book',
+           'output_problems', 'tidy_temp_paths', 'all_notebooks', 'metadata_problem', 'set_kernelspec', 'check_book',
+           'mathjax_source', 'signature_rows', 'show_doc_html', 'reader_view', 'BookPage', 'Book', 'render_book',
+           'add_docs_arguments', 'docs_main', 'main']
 
 # %% ../nbs/19_book.ipynb #c04e56f2
 INDEX_NOTEBOOK = "index.ipynb"
@@ -177,6 +178,7 @@ def _execute_one(path: Path, env: dict, timeout: int, allow_errors: bool, kernel
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     errors = [c.get("id", "") for c in code_cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     nb.metadata["kernelspec"] = {"display_name": kernel_name, "language": "python", "name": kernel_name}   # what it ran on
+    tidy_temp_paths(nb)   # scratch folders as <tmp>: outputs the same on every machine
     nbformat.write(nb, path)
     clean_like_nbdev(path)
     slowest = sorted(seconds.items(), key=lambda kv: -kv[1])[:5]
@@ -243,6 +245,9 @@ _TRACEBACK = "Traceback (most recent call last)"
 # Paths of one machine; (?<!...) skips URLs such as https://github.com/x/y/blob/main/ignore_attn/flip.py
 _MACHINE_PATH = re.compile(r"(?<![\w.:/])(/home/\S+|/Users/\S+|/root/\S*|[A-Za-z]:\\Users\\\S+|\S*/(?:site|dist)-packages/\S*"
                            r"|(?:/[\w.+-]+)+/(?:nbs|ignore_attn)/\S*)")
+# A notebook's scratch folder (tempfile.mkdtemp): a new name on every run and machine. The executor writes it as <tmp>.
+_TEMP_PATH = re.compile(r"(?<![\w.:/])" + re.escape(tempfile.gettempdir().rstrip("/") or "/tmp") + r"/[^/\s'\",:)\]]+")
+TEMP_PLACEHOLDER = "<tmp>"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TEXT_TYPES = ("text/plain", "text/markdown", "text/html", "text/latex")
 
@@ -271,12 +276,29 @@ def output_problems(nb, # a notebook (nbformat node or the parsed JSON)
             if out.get("output_type") == "error": what = f"a traceback ({out.get('ename', '?')})"
             elif m := next((m for t in texts if (m := _WARNING.search(t))), None): what = f"a warning ({_one_line(m.string[m.start():], 80)})"
             elif any(_TRACEBACK in t for t in texts): what = "a traceback"
-            elif m := next((m for t in texts if (m := _MACHINE_PATH.search(t))), None): what = f"a path of the machine that ran it ({_one_line(m[0], 60)})"
+            elif m := next((m for t in texts if (m := _MACHINE_PATH.search(t) or _TEMP_PATH.search(t))), None): what = f"a path of the machine that ran it ({_one_line(m[0], 60)})"
             elif r := next((r for r in roots for t in texts if r in t), None): what = f"a path of the machine that ran it ({r})"
             elif line := _library_stderr(out): what = f"a library's message on stderr ({_one_line(line, 60)})"
             if what: break
         if what: found.append(f"cell {i} (id {cell.get('id', '?')}): {what}")
     return found
+
+def tidy_temp_paths(nb, # an executed notebook (nbformat node), changed in place
+                   ) -> int: # how many output texts changed
+    "Write each scratch folder (`tempfile.mkdtemp`) in the outputs as `<tmp>`: the same text on every run and machine."
+    changed = 0
+    def tidy(t):
+        nonlocal changed
+        s = t if isinstance(t, str) else "".join(t)
+        new = _TEMP_PATH.sub(TEMP_PLACEHOLDER, s)
+        changed += new != s
+        return new if new != s else t
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []) if cell["cell_type"] == "code" else []:
+            if "text" in out: out["text"] = tidy(out["text"])
+            for k in _TEXT_TYPES:
+                if k in out.get("data", {}): out["data"][k] = tidy(out["data"][k])
+    return changed
 
 # %% ../nbs/19_book.ipynb #953b644f
 KERNELSPEC = {"display_name": "python3", "language": "python", "name": "python3"}   # nbdev_clean sets display_name = name
