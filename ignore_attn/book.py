@@ -246,7 +246,7 @@ _TRACEBACK = "Traceback (most recent call last)"
 _MACHINE_PATH = re.compile(r"(?<![\w.:/])(/home/\S+|/Users/\S+|/root/\S*|[A-Za-z]:\\Users\\\S+|\S*/(?:site|dist)-packages/\S*"
                            r"|(?:/[\w.+-]+)+/(?:nbs|ignore_attn)/\S*)")
 # A notebook's scratch folder (tempfile.mkdtemp): a new name on every run and machine. The executor writes it as <tmp>.
-_TEMP_PATH = re.compile(r"(?<![\w.:/])" + re.escape(tempfile.gettempdir().rstrip("/") or "/tmp") + r"/[^/\s'\",:)\]]+")
+_TEMP_PATH = re.compile(r"(?:(?<=file://)|(?<![\w.:/]))" + re.escape(tempfile.gettempdir().rstrip("/") or "/tmp") + r"/[^/\s'\",:)\]]+")
 TEMP_PLACEHOLDER = "<tmp>"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TEXT_TYPES = ("text/plain", "text/markdown", "text/html", "text/latex")

@@ -15,9 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # Every kernel these tests start (papermill's, the CLI's, Dask's) trains with the same number of threads, so
 # runs made by different backends are the same computation to the bit. Dask would otherwise pin its workers to 1.
 THREADS = os.environ.setdefault("OMP_NUM_THREADS", "2")
-# A tiny sweep: 2 runs of a few seconds each on one CPU core.
+# A tiny sweep: 2 runs of a few seconds each on one CPU core, in float32: the tests compare weights bit for bit across
+# processes whose thread counts may differ, and bf16 kernels (the CPU default where it is native) split work by thread.
 TINY = dict(datasets=["cluttered-digits"], archs=["resnet8-cifar"], attentions=["standard", "se-ign3"], seeds=[0],
-            epochs=3, schedule="quick", batch_size=64, n_train=192, n_val=64, n_test=64, augment="shift",
+            epochs=3, schedule="quick", batch_size=64, n_train=192, n_val=64, n_test=64, augment="shift", amp="off",
             device="cpu", quiet=True)
 
 
