@@ -48,7 +48,15 @@ def tiny_done(tmp_path_factory):
     "The tiny sweep run once, uninterrupted, by the local backend."
     out = tmp_path_factory.mktemp("sweep")
     runs = expand(TINY, name="tiny")
-    status = run_sweep(runs, out, progress=False)
+    # the kernels get THREADS, as the Dask test's workers do: bit-equal weights need equal thread counts, and an earlier
+    # test in this process may have left another OMP_NUM_THREADS in the environment
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update({"OMP_NUM_THREADS": THREADS, "MKL_NUM_THREADS": THREADS})
+    try: status = run_sweep(runs, out, progress=False)
+    finally:
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
     return runs, out, status
 
 
