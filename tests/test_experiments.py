@@ -43,6 +43,12 @@ def final_weights(run_dir: Path) -> dict:
     return load_checkpoint(run_dir / "last.pt")["model"]
 
 
+@pytest.fixture(autouse=True)
+def same_threads(monkeypatch):
+    "Every run of this module computes with THREADS threads: the tests compare weights bit for bit, and a LocalCluster (or an earlier test) may leave another OMP_NUM_THREADS in this process."
+    monkeypatch.setenv("OMP_NUM_THREADS", THREADS); monkeypatch.setenv("MKL_NUM_THREADS", THREADS)
+
+
 @pytest.fixture(scope="module")
 def tiny_done(tmp_path_factory):
     "The tiny sweep run once, uninterrupted, by the local backend."
