@@ -11,15 +11,7 @@ MODULES = sorted(p.stem for p in LIB.glob("*.py") if p.stem not in ("__init__", 
 
 def imports_of(module: str) -> set[str]:
     "The ignore_attn modules `module` imports anywhere in its source (top level or inside functions)."
-    found = set()
-    for node in ast.walk(ast.parse((LIB / f"{module}.py").read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level == 1: found |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
-            elif node.module == "ignore_attn": found |= {a.name for a in node.names}
-            elif node.module and node.module.startswith("ignore_attn."): found.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("ignore_attn.")}
-    return found & set(MODULES)
+    return modules_imported((LIB / f"{module}.py").read_text()) & set(MODULES)
 
 
 def test_no_import_cycles():
